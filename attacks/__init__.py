@@ -1,0 +1,1 @@
+"""Leakage audits: attacks that read an observation log and measure what leaks."""

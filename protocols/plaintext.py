@@ -1,0 +1,119 @@
+"""The reference protocol: clients send their vectors in the clear, the server adds them.
+
+Every other protocol must produce the same sum (within its documented error). Messages are
+still serialized and validated, so the plaintext path exercises the same failure handling.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+
+from protocols.base import AggregateResult, AggregationProtocol, check_updates
+from protocols.channel import Channel
+from protocols.errors import (
+    DuplicateMessage,
+    MalformedMessage,
+    ProtocolError,
+    TooFewClients,
+    WrongLength,
+    WrongRound,
+)
+
+_MAGIC = b"FFMP"
+_VERSION = 1
+_HEADER = struct.Struct("<4sBqqI")  # magic, version, round, client, length
+
+
+def encode_update(round_id: int, client_id: int, vector: np.ndarray) -> bytes:
+    """Serialize one client's float vector (little-endian float64) with its header."""
+    vec = np.ascontiguousarray(vector, dtype="<f8")
+    return _HEADER.pack(_MAGIC, _VERSION, round_id, client_id, vec.shape[0]) + vec.tobytes()
+
+
+def decode_update(payload: bytes, *, round_id: int, client_id: int, length: int) -> np.ndarray:
+    """Parse and validate one upload; raise a typed error naming the client."""
+    stage = PlaintextProtocol.stages[0]
+    if len(payload) < _HEADER.size:
+        raise MalformedMessage("message shorter than its header", client_id=client_id, stage=stage)
+    magic, version, rnd, cid, n = _HEADER.unpack_from(payload)
+    if magic != _MAGIC or version != _VERSION:
+        raise MalformedMessage("unknown message type or version", client_id=client_id, stage=stage)
+    if cid != client_id:
+        raise MalformedMessage(f"message claims to be from client {cid}", client_id=client_id, stage=stage)
+    if rnd != round_id:
+        raise WrongRound(f"message is for round {rnd}, not {round_id}", client_id=client_id, stage=stage)
+    if n != length or len(payload) != _HEADER.size + 8 * length:
+        raise WrongLength(f"vector length {n} (payload {len(payload)} bytes), expected {length}",
+                          client_id=client_id, stage=stage)
+    vec = np.frombuffer(payload, dtype="<f8", offset=_HEADER.size)
+    if not np.all(np.isfinite(vec)):
+        raise MalformedMessage("vector contains NaN or infinity", client_id=client_id, stage=stage)
+    return vec
+
+
+class PlaintextProtocol(AggregationProtocol):
+    """No protection: the server sees each update. The reference for all other protocols."""
+
+    name = "plaintext"
+    stages = ("update",)
+    reveals_individual_updates = True
+
+    def __init__(self, min_clients: int = 1) -> None:
+        if min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
+        self.min_clients = min_clients
+
+    @classmethod
+    def from_options(cls, options):
+        options = dict(options)
+        min_clients = int(options.pop("min_clients", 1))
+        if options:
+            raise ValueError(f"protocol 'plaintext' takes no option {sorted(options)[0]!r}")
+        return cls(min_clients=min_clients)
+
+    def aggregate(
+        self,
+        round_id: int,
+        updates: Mapping[int, np.ndarray],
+        *,
+        channel: Channel | None = None,
+        seed: int = 0,
+    ) -> AggregateResult:
+        channel = channel or Channel()
+        ids, length = check_updates(updates)
+        stage = self.stages[0]
+        received: dict[int, np.ndarray] = {}
+        rejected: dict[int, ProtocolError] = {}
+        dropped: list[int] = []
+        for cid in ids:
+            payload = channel.upload(stage, cid, encode_update(round_id, cid, updates[cid]))
+            if payload is None:
+                dropped.append(cid)
+                continue
+            try:
+                vec = decode_update(payload, round_id=round_id, client_id=cid, length=length)
+                if cid in received:
+                    raise DuplicateMessage("second update in one round", client_id=cid, stage=stage)
+                received[cid] = vec
+            except ProtocolError as err:
+                rejected[cid] = err
+        if len(received) < self.min_clients:
+            raise TooFewClients(
+                f"{len(received)} valid updates, at least {self.min_clients} required", stage=stage
+            )
+        contributors = tuple(sorted(received))
+        total = np.zeros(length, dtype=np.float64)
+        for cid in contributors:
+            total += received[cid]
+        return AggregateResult(
+            total=total,
+            contributors=contributors,
+            dropped=tuple(dropped),
+            rejected=rejected,
+            individual={cid: received[cid].copy() for cid in contributors},
+            bytes_up=channel.bytes_up,
+            bytes_down=channel.bytes_down,
+        )

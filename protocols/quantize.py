@@ -1,0 +1,67 @@
+"""Fixed-point encoding shared by secure aggregation (Z_2^32) and BFV (Z_t).
+
+A float ``x`` is clipped to ``[-clip, clip]``, scaled by ``scale`` and rounded
+*stochastically* (up with probability equal to the fractional part, so the rounding is
+unbiased), then stored as a signed integer modulo ``modulus``. Sums of up to
+``max_clients`` encoded vectors never wrap around, so decoding a modular sum with a
+centred lift and dividing by ``scale`` recovers the float sum.
+
+Error bound, per coordinate, for a sum of ``n`` in-range vectors: ``|decoded - true| < n / scale``
+(each client's rounding moves its value by less than one step ``1/scale``). Values outside
+``[-clip, clip]`` are clipped first; with user-level DP the clipping norm bounds every
+coordinate, so choose ``clip`` at least that norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FixedPointCodec:
+    """Signed fixed-point codec into ``Z_modulus`` with room for ``max_clients`` summands."""
+
+    clip: float
+    max_clients: int
+    modulus: int = 2**32
+
+    def __post_init__(self) -> None:
+        if not (self.clip > 0 and np.isfinite(self.clip)):
+            raise ValueError(f"clip must be a positive finite number, got {self.clip}")
+        if self.max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1, got {self.max_clients}")
+        if self.modulus < 4:
+            raise ValueError(f"modulus must be >= 4, got {self.modulus}")
+        if self.scale < 1.0:
+            raise ValueError(
+                f"modulus {self.modulus} leaves no precision for {self.max_clients} clients "
+                f"with clip {self.clip}: use a larger modulus or fewer clients"
+            )
+
+    @property
+    def scale(self) -> float:
+        """Steps per unit: the largest that keeps sums of ``max_clients`` values from wrapping.
+
+        Each encoded value has magnitude at most ``clip * scale + 1`` (rounding up), so a sum
+        of ``max_clients`` of them stays below ``modulus / 2``.
+        """
+        return (self.modulus // 2 - 1 - self.max_clients) / (self.max_clients * self.clip)
+
+    def error_bound(self, n_clients: int) -> float:
+        """Largest per-coordinate error of a decoded sum of ``n_clients`` in-range vectors."""
+        return n_clients / self.scale
+
+    def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Clip, scale, round stochastically; return uint64 residues in ``[0, modulus)``."""
+        x = np.clip(np.asarray(x, dtype=np.float64), -self.clip, self.clip) * self.scale
+        low = np.floor(x)
+        q = low + (rng.random(x.shape) < (x - low))
+        return np.mod(q.astype(np.int64), self.modulus).astype(np.uint64)
+
+    def decode_sum(self, residues: np.ndarray) -> np.ndarray:
+        """Centred lift of a modular sum back to floats."""
+        r = np.mod(np.asarray(residues, dtype=np.uint64), np.uint64(self.modulus)).astype(np.int64)
+        r = np.where(r > self.modulus // 2, r - self.modulus, r)
+        return r.astype(np.float64) / self.scale
