@@ -1,0 +1,146 @@
+"""The ``ffm-private`` command line: one entry point, one subcommand per job.
+
+Every subcommand reads the same TOML run configuration; ``ffm-private config`` prints
+every field with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ffm_private import config as config_mod
+
+EPILOG = """\
+examples:
+  ffm-private train                                   # quickstart: synthetic data, in-process
+  ffm-private train --config examples/movielens100k.toml --set data.path=/data/ml-100k
+  ffm-private train --config run.toml --resume        # continue an interrupted run
+  ffm-private evaluate --run runs/quickstart
+  ffm-private pretrain --config run.toml --out backbone.npz
+  ffm-private config                                  # every config field, default and meaning
+"""
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    """The run config: the given file, or the built-in defaults (the quickstart)."""
+    overrides = dict(config_mod.parse_override(o) for o in args.set or [])
+    if getattr(args, "run_dir", None):
+        overrides["run_dir"] = args.run_dir
+    if args.config:
+        return config_mod.load(args.config, overrides)
+    return config_mod.Config().replace(**overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML run configuration (default: the built-in "
+                   "quickstart). Run `ffm-private config` to see every field.")
+    p.add_argument("--set", "-s", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set federated.rounds=5")
+    p.add_argument("--run-dir", help="override run_dir")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ffm_private.simulation import run_training
+
+    cfg = _load(args)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    print((Path(cfg.run_dir) / "summary.md").read_text())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ffm_private.pretrain import pretrain_backbone, public_users
+    from ffm_private.simulation import load_split
+    from ffm_private.storage import save_arrays
+
+    cfg = _load(args)
+    split = load_split(cfg, Path(cfg.run_dir))
+    users = public_users(split.n_users, cfg.data.public_fraction, cfg.federated.seed)
+    state = pretrain_backbone(cfg.model, cfg.pretrain, split, users,
+                              num_negatives=cfg.data.num_train_negatives,
+                              seed=cfg.federated.seed, progress=not args.quiet)
+    save_arrays(args.out, state)
+    print(f"pretrained backbone on {len(users)} public users -> {args.out} "
+          f"(use it with pretrain.checkpoint = \"{args.out}\")")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ffm_private.simulation import Simulation
+
+    cfg = config_mod.load(Path(args.run) / "config.toml")
+    sim = Simulation(cfg, resume=True, progress=False)
+    state = sim.load_checkpoint()
+    if state is None:
+        print(f"error: {args.run} has no checkpoint to evaluate", file=sys.stderr)
+        return 2
+    metrics: dict[str, Any] = {"round": state.round_id, **sim.evaluate(state)}
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(config_mod.describe_fields())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ffm-private",
+        description="Privacy-preserving federated foundation models for recommendation.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="run federated training (in-process simulation)",
+                       description="Pretrain the backbone on public users, then run federated "
+                       "rounds; writes config, metrics.jsonl, checkpoints and a summary to "
+                       "run_dir.")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run_dir")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain the frozen backbone on public users only")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="where to write the backbone (.npz)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint")
+    p.add_argument("--run", required=True, help="run directory")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("config", help="print every config field with its default and meaning")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ffm_private.data import DataError
+    from ffm_private.simulation import RunDirectoryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, RunDirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Run configuration: one TOML file per run, validated at load, every default documented.
+
+Each section is a frozen dataclass whose fields carry a ``doc`` string; ``ffm-private
+--help-config`` prints them, so the documentation cannot drift from the code. Unknown
+sections or keys, wrong types and out-of-range values raise :class:`ConfigError` naming
+the offending ``section.key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _f(default: Any, doc: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and its documentation."""
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kwargs)
+    return field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where interactions come from and how users are split."""
+
+    kind: str = _f("synthetic", "Dataset kind: synthetic, movielens-100k, movielens-1m or csv.")
+    path: str = _f("", "Dataset directory (file for csv). For synthetic: where the generated "
+                   "files go; empty means <run_dir>/data.")
+    synthetic_preset: str = _f("small", "Synthetic size: small (quick runs) or ml100k "
+                               "(MovieLens-100K's shape).")
+    public_fraction: float = _f(0.2, "Fraction of users whose training data is public and used "
+                                "to pretrain the frozen backbone (FedPA's recipe).")
+    num_eval_negatives: int = _f(99, "Sampled negatives each held-out item is ranked against.")
+    num_train_negatives: int = _f(4, "Training negatives per positive, resampled every round.")
+    csv_user_col: str = _f("user", "csv: column holding the user id.")
+    csv_item_col: str = _f("item", "csv: column holding the item id.")
+    csv_timestamp_col: str = _f("timestamp", "csv: column holding the timestamp.")
+    csv_delimiter: str = _f(",", "csv: field delimiter.")
+
+    def validate(self) -> None:
+        _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
+        _choice("data.synthetic_preset", self.synthetic_preset, ("small", "ml100k"))
+        if self.kind != "synthetic" and not self.path:
+            raise ConfigError(f"data.path is required for data.kind = {self.kind!r}")
+        _range("data.public_fraction", self.public_fraction, 0.0, 0.9)
+        _range("data.num_eval_negatives", self.num_eval_negatives, 1, None)
+        _range("data.num_train_negatives", self.num_train_negatives, 1, None)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The recommender: foundation model with adapters, or a classic baseline."""
+
+    kind: str = _f("ffm", "ffm (frozen backbone + shared global adapter + local personal "
+                   "adapter, user embedding and gate) or fedmf (shares item embeddings).")
+    dim: int = _f(64, "Embedding dimension.")
+    history_length: int = _f(20, "Most recent interactions the history encoder reads.")
+    global_rank: int = _f(16, "Bottleneck width of the shared global adapter.")
+    personal_rank: int = _f(8, "Bottleneck width of the local personal adapter.")
+    personalization: bool = _f(True, "Train the personal adapter, user embedding and gate. "
+                               "False gives the global-only model.")
+
+    def validate(self) -> None:
+        _choice("model.kind", self.kind, ("ffm", "fedmf"))
+        for name in ("dim", "history_length", "global_rank", "personal_rank"):
+            _range(f"model.{name}", getattr(self, name), 1, None)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Central pretraining of the backbone on public users."""
+
+    epochs: int = _f(30, "Passes over the public users' training interactions.")
+    lr: float = _f(0.005, "Adam learning rate.")
+    batch_size: int = _f(1024, "Examples per step.")
+    weight_decay: float = _f(0.0, "Adam weight decay.")
+    checkpoint: str = _f("", "Load a pretrained backbone from this file instead of pretraining.")
+
+    def validate(self) -> None:
+        _range("pretrain.epochs", self.epochs, 0, None)
+        _range("pretrain.lr", self.lr, 0.0, None, open_low=True)
+        _range("pretrain.batch_size", self.batch_size, 1, None)
+        _range("pretrain.weight_decay", self.weight_decay, 0.0, None)
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """The federated loop: rounds, sampling, local training."""
+
+    rounds: int = _f(20, "Federated rounds.")
+    client_fraction: float = _f(1.0, "Fraction of clients sampled each round.")
+    local_epochs: int = _f(1, "Local passes over a client's data for the shared update.")
+    personal_epochs: int = _f(1, "Local passes that train the personal parameters first.")
+    lr: float = _f(0.01, "Client Adam learning rate (fresh optimizer each round).")
+    personal_lr: float = _f(0.05, "Client Adam learning rate for the personal parameters.")
+    batch_size: int = _f(256, "Local examples per step.")
+    server_lr: float = _f(1.0, "Server step on the mean shared update (1.0 is FedAvg).")
+    eval_every: int = _f(1, "Evaluate every N rounds (and always after the last).")
+    seed: int = _f(0, "Seed for every random choice of the run.")
+
+    def validate(self) -> None:
+        _range("federated.rounds", self.rounds, 1, None)
+        _range("federated.client_fraction", self.client_fraction, 0.0, 1.0, open_low=True)
+        _range("federated.local_epochs", self.local_epochs, 0, None)
+        _range("federated.personal_epochs", self.personal_epochs, 0, None)
+        _range("federated.lr", self.lr, 0.0, None, open_low=True)
+        _range("federated.personal_lr", self.personal_lr, 0.0, None, open_low=True)
+        _range("federated.batch_size", self.batch_size, 1, None)
+        _range("federated.server_lr", self.server_lr, 0.0, None, open_low=True)
+        _range("federated.eval_every", self.eval_every, 1, None)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """How shared updates are aggregated."""
+
+    name: str = _f("plaintext", "plaintext (server sees each update), secagg (SecAgg+) or he "
+                   "(TenSEAL CKKS/BFV).")
+    options: dict = _f({}, "Protocol options, e.g. {clip = 1.0, neighbours = 8}; see docs/.")
+
+    def validate(self) -> None:
+        from protocols.registry import available
+
+        _choice("protocol.name", self.name, tuple(available()))
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Metrics computed at evaluation rounds."""
+
+    k: int = _f(10, "Cut-off for HR@k and NDCG@k.")
+    full_ranking: bool = _f(True, "Also rank the held-out item against every unseen item.")
+
+    def validate(self) -> None:
+        _range("evaluation.k", self.k, 1, None)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    run_dir: str = _f("runs/quickstart", "Directory the run writes (config, metrics, "
+                      "checkpoints, summary).")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    privacy: dict = _f({}, "Privacy settings: the [privacy] table (mode = none by default); "
+                       "see docs/privacy.md.")
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def validate(self) -> Config:
+        for name in _SECTIONS:
+            getattr(self, name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or ``section.key`` overrides replaced."""
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "federated": FederatedConfig,
+    "protocol": ProtocolConfig,
+    "evaluation": EvaluationConfig,
+}
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}")
+
+
+def _range(key: str, value: float, low: float | None, high: float | None,
+           open_low: bool = False) -> None:
+    if low is not None and (value < low or (open_low and value == low)):
+        raise ConfigError(f"{key} = {value!r} must be {'>' if open_low else '>='} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key} = {value!r} must be <= {high}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check a TOML value against a field type; ints are accepted where floats are expected."""
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if typ is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; known keys: {sorted(known)}")
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested mappings (a parsed TOML file)."""
+    raw = dict(raw)
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        value = raw.pop(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _build(cls, value, f"{name}.")
+    top = _build(Config, {k: v for k, v in raw.items()}, "")
+    return dataclasses.replace(top, **sections).validate()
+
+
+def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a TOML config file, apply ``section.key`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return from_dict(_merge(raw, overrides or {}))
+
+
+def _merge(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {dotted}: {part} is not a table")
+        node[parts[-1]] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` with a TOML value (bare words are read as strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, _, value = text.partition("=")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def describe_fields() -> str:
+    """Every config field with its default and documentation, as TOML-like text."""
+    lines = []
+    top = Config()
+    for f in dataclasses.fields(Config):
+        if f.name not in _SECTIONS:
+            lines.append(f"{f.name} = {_show(getattr(top, f.name))}    # {f.metadata['doc']}")
+    for name, cls in _SECTIONS.items():
+        lines.append(f"\n[{name}]  # {cls.__doc__}")
+        default = cls()
+        for f in dataclasses.fields(cls):
+            lines.append(f"{f.name} = {_show(getattr(default, f.name))}    # {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def to_toml(config: Config) -> str:
+    """Serialize a resolved config back to TOML (for the run directory)."""
+    d = config.to_dict()
+    lines = [f"{k} = {_show(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for name, section in d.items():
+        if isinstance(section, dict):
+            lines.append(f"\n[{name}]")
+            for k, v in section.items():
+                lines.append(f"{k} = {_show(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""Ranking evaluation: leave-one-out HR@k and NDCG@k, sampled and full.
+
+Sampled protocol: each held-out item is ranked against the user's fixed 99 negatives.
+Full protocol: against every item the user has not interacted with in training (and, for
+the test item, not the validation item either). Ties count against the held-out item, so
+a constant scorer earns nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ffm_private.data import LeaveOneOutSplit
+from ffm_private.models import Recommender
+from ffm_private.training_data import last_window
+
+
+def hr_ndcg(ranks: np.ndarray, k: int) -> tuple[float, float]:
+    """Hit rate and NDCG at ``k`` from 0-based ranks of the held-out items."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        return float("nan"), float("nan")
+    hit = ranks < k
+    hr = float(hit.mean())
+    ndcg = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    return hr, ndcg
+
+
+def pessimistic_rank(pos_scores: np.ndarray, other_scores: np.ndarray,
+                     valid: np.ndarray | None = None) -> np.ndarray:
+    """Number of candidates scoring at least as high as the positive (0 = top)."""
+    beats = other_scores >= pos_scores[:, None]
+    if valid is not None:
+        beats &= valid
+    return beats.sum(axis=1)
+
+
+def eval_histories(split: LeaveOneOutSplit, target: str, length: int, pad: int) -> np.ndarray:
+    """History windows used to rank ``target``: train for valid; train + valid for test."""
+    rows = []
+    for u in range(split.n_users):
+        seq = split.train[u] if target == "valid" else np.append(split.train[u], split.valid[u])
+        rows.append(last_window(seq, length, pad))
+    return np.stack(rows)
+
+
+@torch.no_grad()
+def evaluate_model(model: Recommender, split: LeaveOneOutSplit, *, k: int = 10,
+                   full_ranking: bool = True, targets: tuple[str, ...] = ("valid", "test"),
+                   chunk: int = 64) -> dict[str, float]:
+    """Metrics for every user; ``model`` holds one personal row per user (``owner = user``)."""
+    if model.num_personal != split.n_users:
+        raise ValueError(f"model holds {model.num_personal} personal rows, split has "
+                         f"{split.n_users} users")
+    model.eval()
+    length = getattr(model, "history_length", 1)
+    out: dict[str, float] = {}
+    for target in targets:
+        heldout = split.valid if target == "valid" else split.test
+        hist = torch.from_numpy(eval_histories(split, target, length, model.pad))
+        sampled, full = [], []
+        for start in range(0, split.n_users, chunk):
+            users = torch.arange(start, min(start + chunk, split.n_users))
+            cand = np.concatenate([heldout[users.numpy(), None],
+                                   split.eval_negatives[users.numpy()]], axis=1)
+            s = model(hist[users], torch.from_numpy(cand), users).numpy()
+            sampled.append(pessimistic_rank(s[:, 0], s[:, 1:]))
+            if full_ranking:
+                all_items = torch.arange(split.n_items).expand(len(users), -1)
+                s = model(hist[users], all_items, users).numpy()
+                valid = np.ones_like(s, dtype=bool)
+                for row, u in enumerate(users.tolist()):
+                    valid[row, split.train[u]] = False
+                    if target == "test":
+                        valid[row, split.valid[u]] = False
+                    valid[row, heldout[u]] = False
+                pos = s[np.arange(len(users)), heldout[users.numpy()]]
+                full.append(pessimistic_rank(pos, s, valid))
+        hr, ndcg = hr_ndcg(np.concatenate(sampled), k)
+        out[f"{target}_hr@{k}"], out[f"{target}_ndcg@{k}"] = hr, ndcg
+        if full_ranking:
+            hr, ndcg = hr_ndcg(np.concatenate(full), k)
+            out[f"{target}_full_hr@{k}"], out[f"{target}_full_ndcg@{k}"] = hr, ndcg
+    return out
+
+
+def evaluate_popularity(split: LeaveOneOutSplit, *, k: int = 10,
+                        targets: tuple[str, ...] = ("valid", "test")) -> dict[str, float]:
+    """The popularity baseline: rank items by their training interaction counts."""
+    pop = np.zeros(split.n_items)
+    for items in split.train:
+        np.add.at(pop, items, 1.0)
+    out = {}
+    for target in targets:
+        heldout = split.valid if target == "valid" else split.test
+        ranks = pessimistic_rank(pop[heldout], pop[split.eval_negatives])
+        out[f"{target}_hr@{k}"], out[f"{target}_ndcg@{k}"] = hr_ndcg(ranks, k)
+    return out

@@ -1,0 +1,62 @@
+"""The common shape of every recommender in the toolkit.
+
+A recommender scores candidate items for rows of (history, owner): ``history`` holds the
+most recent item ids of a user (padded with ``n_items``), ``owner`` indexes the row of the
+personal parameters to use. Personal parameters have a leading dimension of
+``num_personal`` users, so the same module trains one client (``num_personal = 1``) or
+scores every user at once for evaluation, from one code path.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+from ffm_private.models.partition import PERSONAL, check_partition, params_of
+
+
+class Recommender(nn.Module):
+    """Base class: subclasses define ``backbone``, ``shared`` and ``personal`` submodules."""
+
+    def __init__(self, n_items: int, num_personal: int) -> None:
+        super().__init__()
+        if n_items < 1 or num_personal < 1:
+            raise ValueError("n_items and num_personal must be >= 1")
+        self.n_items = n_items
+        self.num_personal = num_personal
+
+    @property
+    def pad(self) -> int:
+        """The item id used to pad histories."""
+        return self.n_items
+
+    @abstractmethod
+    def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Scores of shape ``items.shape`` for rows ``(history[n], owner[n])``."""
+
+    def finalize(self) -> Recommender:
+        """Check the partition once the subclass has built its submodules."""
+        check_partition(self)
+        return self
+
+    def init_personal_states(self, n_users: int, seed: int) -> dict[str, np.ndarray]:
+        """Initial personal parameters for ``n_users`` users, stacked on the first axis.
+
+        Each user's initial state depends only on ``(seed, user)``, so it is the same
+        however many users are initialised together.
+        """
+        out: dict[str, np.ndarray] = {}
+        for name, p in params_of(self, PERSONAL).items():
+            out[name] = np.zeros((n_users, *p.shape[1:]), dtype=np.float32)
+        for user in range(n_users):
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, user]).generate_state(1)[0]))
+            for name, value in self.personal_init(gen).items():
+                out[name][user] = value.numpy()
+        return out
+
+    def personal_init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One user's initial personal parameters (without the leading user axis)."""
+        return {}

@@ -1,0 +1,46 @@
+"""The classic baseline that shares item embeddings (FedMF / PFedRec style).
+
+``shared`` holds the whole item embedding table and item biases, so each client's update
+reveals which items it touched: the published quality anchor, and the case the attack
+module must show leaking. ``personal`` is the user embedding. There is no backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ffm_private.models.base import Recommender
+
+
+class _SharedItems(nn.Module):
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.item_emb = nn.Parameter(torch.randn(n_items + 1, dim, generator=gen) * 0.1)
+        self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+
+
+class _PersonalUser(nn.Module):
+    def __init__(self, num_personal: int, dim: int) -> None:
+        super().__init__()
+        self.user_emb = nn.Parameter(torch.zeros(num_personal, dim))
+
+
+class FedMFRecommender(Recommender):
+    """score(u, i) = <p_u, e_i> + b_i with e, b shared and p_u personal."""
+
+    def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64) -> None:
+        super().__init__(n_items, num_personal)
+        self.dim = dim
+        self.backbone = nn.Module()
+        self.shared = _SharedItems(n_items, dim)
+        self.personal = _PersonalUser(num_personal, dim)
+        self.finalize()
+
+    def personal_init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"personal.user_emb": torch.randn(self.dim, generator=gen) * 0.1}
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        e = self.shared.item_emb[items]
+        return torch.einsum("nbd,nd->nb", e, self.personal.user_emb[owner]) + self.shared.item_bias[items]

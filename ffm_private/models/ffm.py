@@ -1,0 +1,98 @@
+"""The federated foundation-model recommender (FedPA-style).
+
+- ``backbone`` (frozen on clients, pretrained on public users): item embeddings and biases,
+  and a history encoder (recency-weighted pooling of the last ``L`` items, then a linear map)
+  that turns a user's own interaction history into a representation.
+- ``shared`` (the global adapter, aggregated across clients): residual bottleneck adapters
+  on the item and the user representation; zero-initialised, so round 0 is the backbone.
+- ``personal`` (never leaves the device): a user embedding, a personal residual item adapter
+  and a gate that mixes the global and personal views of each item.
+
+score(u, i) = <q_u, a_u e^p_i + (1 - a_u) e^g_i> + b_i, where e^g = global view,
+e^p = personal view, q_u = h_u + A_g(h_u) + p_u and h_u the encoded history.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ffm_private.models.base import Recommender
+
+
+class _Backbone(nn.Module):
+    def __init__(self, n_items: int, dim: int, history_length: int) -> None:
+        super().__init__()
+        self.item_emb = nn.Parameter(torch.randn(n_items + 1, dim) * 0.1)
+        self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.recency = nn.Parameter(torch.zeros(history_length))
+        self.hist_proj = nn.Parameter(torch.eye(dim))
+        with torch.no_grad():
+            self.item_emb[n_items].zero_()
+
+    def encode_history(self, history: torch.Tensor, pad: int) -> torch.Tensor:
+        """Recency-weighted mean of the history's item embeddings, then a linear map."""
+        mask = (history != pad).to(self.item_emb.dtype)
+        # position j of the (right-aligned) window gets weight exp(recency[j])
+        weights = torch.exp(self.recency - self.recency.max())[None, :] * mask
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        pooled = torch.einsum("nl,nld->nd", weights, self.item_emb[history])
+        return pooled @ self.hist_proj
+
+
+class _GlobalAdapter(nn.Module):
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.item_down = nn.Parameter(torch.randn(dim, rank) / dim**0.5)
+        self.item_up = nn.Parameter(torch.zeros(rank, dim))
+        self.user_down = nn.Parameter(torch.randn(dim, rank) / dim**0.5)
+        self.user_up = nn.Parameter(torch.zeros(rank, dim))
+
+
+class _Personal(nn.Module):
+    def __init__(self, num_personal: int, dim: int, rank: int, enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+        if enabled:
+            self.user_emb = nn.Parameter(torch.zeros(num_personal, dim))
+            self.item_down = nn.Parameter(torch.zeros(num_personal, dim, rank))
+            self.item_up = nn.Parameter(torch.zeros(num_personal, rank, dim))
+            self.gate = nn.Parameter(torch.zeros(num_personal))
+
+
+class FFMRecommender(Recommender):
+    """Frozen backbone + shared global adapter + local personal adapter, embedding, gate."""
+
+    def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
+                 history_length: int = 20, global_rank: int = 16, personal_rank: int = 8,
+                 personalization: bool = True) -> None:
+        super().__init__(n_items, num_personal)
+        self.dim, self.history_length, self.personal_rank = dim, history_length, personal_rank
+        self.backbone = _Backbone(n_items, dim, history_length)
+        self.shared = _GlobalAdapter(dim, global_rank)
+        self.personal = _Personal(num_personal, dim, personal_rank, personalization)
+        self.finalize()
+
+    def personal_init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        if not self.personal.enabled:
+            return {}
+        down = torch.randn(self.dim, self.personal_rank, generator=gen) / self.dim**0.5
+        return {"personal.item_down": down}
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        bb, g = self.backbone, self.shared
+        e = bb.item_emb[items]                                   # (N, B, d)
+        e_global = e + F.relu(e @ g.item_down) @ g.item_up
+        h = bb.encode_history(history, self.pad)                 # (N, d)
+        q = h + F.relu(h @ g.user_down) @ g.user_up
+        if self.personal.enabled:
+            p = self.personal
+            hidden = F.relu(torch.einsum("nbd,ndr->nbr", e, p.item_down[owner]))
+            e_personal = e + torch.einsum("nbr,nrd->nbd", hidden, p.item_up[owner])
+            a = torch.sigmoid(p.gate[owner])[:, None, None]
+            e_mix = a * e_personal + (1 - a) * e_global
+            q = q + p.user_emb[owner]
+        else:
+            e_mix = e_global
+        return torch.einsum("nbd,nd->nb", e_mix, q) + bb.item_bias[items]

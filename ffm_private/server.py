@@ -1,0 +1,91 @@
+"""The server's side of a round: sample clients, broadcast, aggregate, update.
+
+The server never sees a client's personal state and, under ``secagg`` or ``he``, never sees
+an individual update: it only calls :meth:`AggregationProtocol.aggregate` and applies the
+mean of what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ffm_private.messages import ClientUpdate, GlobalModelMessage
+from ffm_private.models import SharedSpec
+from protocols import AggregationProtocol, Channel
+from protocols.errors import ProtocolError, TooFewClients
+
+
+def sample_clients(n_clients: int, fraction: float, round_id: int, seed: int) -> list[int]:
+    """A uniformly random subset of ``round(fraction * n)`` clients (at least one), sorted."""
+    k = max(1, int(round(fraction * n_clients)))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_id, 11]))
+    return sorted(int(c) for c in rng.choice(n_clients, size=k, replace=False))
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What happened to the shared state in one round."""
+
+    round_id: int
+    applied: bool
+    contributors: tuple[int, ...]
+    dropped: tuple[int, ...] = ()
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    update_norm: float = 0.0
+    aborted: str | None = None
+    bytes_up: int = 0
+    individual: Mapping[int, np.ndarray] | None = None
+    total: np.ndarray | None = None
+
+
+class Server:
+    """Holds the global shared state and applies aggregated updates (FedAvg)."""
+
+    def __init__(self, spec: SharedSpec, shared: Mapping[str, np.ndarray],
+                 protocol: AggregationProtocol, server_lr: float = 1.0) -> None:
+        self.spec = spec
+        self.vector = spec.flatten(shared)
+        self.protocol = protocol
+        self.server_lr = server_lr
+
+    @property
+    def shared(self) -> dict[str, np.ndarray]:
+        return self.spec.unflatten(self.vector)
+
+    def broadcast(self, round_id: int) -> GlobalModelMessage:
+        return GlobalModelMessage(round_id=round_id, shared=self.shared)
+
+    def aggregate(self, round_id: int, updates: Mapping[int, ClientUpdate], *,
+                  channel: Channel | None = None, seed: int = 0) -> RoundOutcome:
+        """Sum the updates through the protocol and take a FedAvg step with their mean.
+
+        A round that aborts (too few clients survive) leaves the state unchanged.
+        """
+        for cid, upd in updates.items():
+            if upd.round_id != round_id or upd.client_id != cid:
+                raise ValueError(f"update from client {cid} is not for round {round_id}")
+        try:
+            result = self.protocol.aggregate(
+                round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel, seed=seed
+            )
+        except TooFewClients as err:
+            return RoundOutcome(round_id, applied=False, contributors=(), aborted=str(err))
+        mean = result.total / len(result.contributors)
+        self.vector = self.vector + self.server_lr * mean
+        return RoundOutcome(
+            round_id=round_id,
+            applied=True,
+            contributors=result.contributors,
+            dropped=result.dropped,
+            rejected={cid: str(err) for cid, err in result.rejected.items()},
+            update_norm=float(np.linalg.norm(mean)),
+            bytes_up=result.bytes_up,
+            individual=result.individual,
+            total=result.total,
+        )
+
+
+__all__ = ["ProtocolError", "RoundOutcome", "Server", "sample_clients"]
