@@ -1,0 +1,66 @@
+"""Time one federated round per client count, and the process's peak memory.
+
+Uses the synthetic dataset in MovieLens-100K's shape (943 users, 1682 items, ~100k
+interactions) and the default FFM model, in-process with the plaintext protocol.
+
+    python bench/rounds.py --clients 100 943 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+from ffm_private.config import Config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 943])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="ffm", choices=["ffm", "fedmf"])
+    args = parser.parse_args()
+
+    from ffm_private.simulation import Simulation
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.clients:
+            cfg = Config(run_dir=f"{tmp}/run-{n}").replace(**{
+                "data.synthetic_preset": "ml100k", "data.path": f"{tmp}/data",
+                "federated.client_fraction": n / 943, "model.kind": args.model,
+                "pretrain.epochs": 2})
+            sim = Simulation(cfg, progress=False)
+            state = sim.initial_state()
+            times = []
+            for r in range(1, args.repeats + 1):
+                start = time.perf_counter()
+                sim.run_round(state, r)
+                times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            sim.evaluate(state)
+            eval_s = time.perf_counter() - start
+            rows.append({
+                "clients": n, "round_s": statistics.median(times),
+                "per_client_ms": 1000 * statistics.median(times) / n, "eval_s": eval_s,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "shared_params": sim.spec.size,
+            })
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}")
+    print("| clients | round (s) | per client (ms) | full evaluation (s) | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['round_s']:.2f} | {r['per_client_ms']:.1f} | "
+              f"{r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
