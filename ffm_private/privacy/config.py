@@ -1,0 +1,234 @@
+"""The ``[privacy]`` table of a run configuration, validated.
+
+``ffm_private.config.Config.privacy`` holds the raw table; :meth:`PrivacyConfig.from_dict`
+turns it into a frozen, checked object and raises :class:`ffm_private.config.ConfigError`
+naming ``privacy.<key>`` for anything wrong. Every field is documented in its metadata (and
+in ``docs/privacy.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ffm_private.config import ConfigError
+from ffm_private.privacy.accounting import ACCOUNTANTS
+from ffm_private.privacy.errors import AccountingError
+from ffm_private.privacy.planner import PrivacyPlan
+
+PRIVACY_MODES = ("none", "example", "user")
+NOISE_PLACEMENTS = ("central", "distributed")
+DELTA_FACTOR = 10
+"""delta must be at most ``1 / (DELTA_FACTOR * n)`` for ``n`` protected units."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy of a run: what is protected, how much, and where noise is added."""
+
+    mode: str = _f("none", "none (no DP), example (one interaction is protected: DP-SGD on the "
+                   "client) or user (one user's whole data: clipped updates, Gaussian noise).")
+    target_epsilon: float = _f(0.0, "Epsilon the run must not exceed (worst-case user). "
+                               "Required for example/user unless noise_multiplier is set.")
+    noise_multiplier: float = _f(0.0, "Fixed noise multiplier instead of a target epsilon "
+                                 "(0: search it from target_epsilon); the epsilon it gives is "
+                                 "what the run claims.")
+    delta: float = _f(1e-5, "Delta of the (epsilon, delta) guarantee; must be well below "
+                      "1/(number of protected units) unless allow_large_delta.")
+    clipping_norm: float = _f(1.0, "L2 norm C each client update (user) or per-example "
+                              "gradient (example) is clipped to.")
+    accountant: str = _f("prv", "prv (tight, default) or rdp (conservative cross-check); "
+                         "gdp is refused for claims.")
+    noise_placement: str = _f("central", "user mode: central (trusted server adds the noise) "
+                              "or distributed (each client adds its share before masking).")
+    min_survivors: int = _f(0, "distributed: fewest clients whose noise shares must reach the "
+                            "sum (honest survivors); the round is discarded below it.")
+    max_participations: int = _f(0, "example / distributed user mode: most rounds one user may "
+                                 "take part in (0: all rounds); the plan is sized for it.")
+    per_user_caps_file: str = _f("", "CSV (user,cap) or TOML ([caps] user = cap) with per-user "
+                                 "epsilon caps.")
+    default_cap: float = _f(0.0, "Epsilon cap of users absent from the caps file (0: the "
+                            "plan's epsilon).")
+    allow_large_delta: bool = _f(False, "Accept delta > 1/(10 n); such a delta permits "
+                                 "releasing a few units' data outright.")
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None,
+                  n_units: int | None = None) -> PrivacyConfig:
+        """Parse and validate the ``[privacy]`` table.
+
+        ``n_units`` is the number of protected units (users for ``user``, interactions for
+        ``example``); when given, delta is checked against it (see :meth:`check_delta_for`).
+        """
+        raw = dict(raw or {})
+        hints = get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key privacy.{unknown[0]}; known keys: {sorted(known)}")
+        kwargs = {k: _coerce(f"privacy.{k}", v, hints[k]) for k, v in raw.items()}
+        cfg = cls(**kwargs)
+        cfg.validate()
+        if n_units is not None:
+            cfg.check_delta_for(n_units)
+        return cfg
+
+    def validate(self) -> PrivacyConfig:
+        """Check every field and their combinations; raise :class:`ConfigError`."""
+        if self.mode not in PRIVACY_MODES:
+            raise ConfigError(f"privacy.mode = {self.mode!r} is not one of {list(PRIVACY_MODES)}")
+        if self.mode == "none":
+            changed = [f.name for f in dataclasses.fields(self)
+                       if f.name != "mode" and getattr(self, f.name) != f.default]
+            if changed:
+                raise ConfigError(f"privacy.{changed[0]} is set but privacy.mode = 'none': set "
+                                  "mode = 'example' or 'user' to get a guarantee")
+            return self
+        _num("privacy.target_epsilon", self.target_epsilon, allow_zero=True)
+        _num("privacy.noise_multiplier", self.noise_multiplier, allow_zero=True)
+        if (self.target_epsilon > 0) == (self.noise_multiplier > 0):
+            raise ConfigError("set exactly one of privacy.target_epsilon (> 0) and "
+                              f"privacy.noise_multiplier (> 0) for mode = {self.mode!r}")
+        if isinstance(self.delta, bool) or not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"privacy.delta = {self.delta!r} must satisfy 0 < delta < 1")
+        _num("privacy.clipping_norm", self.clipping_norm)
+        if self.accountant == "gdp":
+            raise ConfigError("privacy.accountant = 'gdp' is refused for claims (a central-limit "
+                              "approximation that can under-state epsilon); use prv or rdp")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"privacy.accountant = {self.accountant!r} is not one of "
+                              f"{list(ACCOUNTANTS)}")
+        if self.noise_placement not in NOISE_PLACEMENTS:
+            raise ConfigError(f"privacy.noise_placement = {self.noise_placement!r} is not one "
+                              f"of {list(NOISE_PLACEMENTS)}")
+        distributed = self.mode == "user" and self.noise_placement == "distributed"
+        if self.mode == "example" and self.noise_placement != "central":
+            raise ConfigError("privacy.noise_placement applies to mode = 'user'; example-level "
+                              "DP-SGD adds its noise on the client already")
+        if self.min_survivors < 0:
+            raise ConfigError(f"privacy.min_survivors = {self.min_survivors} must be >= 0")
+        if distributed and self.min_survivors < 1:
+            raise ConfigError("privacy.min_survivors (>= 1) is required with noise_placement = "
+                              "'distributed': each client's share is sized for it")
+        if not distributed and self.min_survivors:
+            raise ConfigError("privacy.min_survivors applies only to noise_placement = "
+                              "'distributed' in mode = 'user'")
+        if self.max_participations < 0:
+            raise ConfigError(f"privacy.max_participations = {self.max_participations} must "
+                              "be >= 0")
+        if self.mode == "user" and not distributed and self.max_participations:
+            raise ConfigError("privacy.max_participations does not apply to user-level DP with "
+                              "central noise: every round costs every user in the pool")
+        _num("privacy.default_cap", self.default_cap, allow_zero=True)
+        if self.per_user_caps_file and Path(self.per_user_caps_file).suffix.lower() not in (
+                ".csv", ".toml"):
+            raise ConfigError(f"privacy.per_user_caps_file = {self.per_user_caps_file!r} must "
+                              "be a .csv or .toml file")
+        return self
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """Whether the run applies DP at all."""
+        return self.mode != "none"
+
+    @property
+    def unit(self) -> str:
+        """The protected unit, in words."""
+        return {"none": "nothing", "example": "interaction", "user": "user"}[self.mode]
+
+    def check_delta_for(self, n_units: int) -> None:
+        """Refuse delta > 1/(10 n) for n protected units unless ``allow_large_delta``.
+
+        A mechanism that publishes each unit's data with probability delta is (0, delta)-DP;
+        with delta near 1/n it would expect to leak about one unit outright.
+        """
+        if not self.enabled:
+            return
+        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
+            raise ConfigError(f"number of protected units = {n_units!r} must be an integer >= 1")
+        bound = 1.0 / (DELTA_FACTOR * n_units)
+        if self.delta > bound and not self.allow_large_delta:
+            raise ConfigError(
+                f"privacy.delta = {self.delta:g} is not well below 1/n for n = {n_units} "
+                f"protected {self.unit}s (need delta <= 1/({DELTA_FACTOR} n) = {bound:.3g}); "
+                "lower delta or set privacy.allow_large_delta = true")
+
+    def caps(self) -> dict[str, float]:
+        """Per-user caps from ``per_user_caps_file`` (empty when none is configured)."""
+        from ffm_private.privacy.ledger import load_caps
+
+        return load_caps(self.per_user_caps_file) if self.per_user_caps_file else {}
+
+    def plan(self, *, rounds: int, client_rate: float, local_steps: int = 0,
+             example_rate: float = 0.0, personal_steps: int = 0,
+             personal_rate: float = 0.0) -> PrivacyPlan:
+        """The run's :class:`PrivacyPlan` (noise searched once from the target)."""
+        if not self.enabled:
+            raise ConfigError("privacy.mode = 'none' has no privacy plan")
+        kwargs: dict[str, Any] = dict(
+            mode=self.mode, delta=self.delta, rounds=rounds, client_rate=client_rate,
+            accountant=self.accountant, max_participations=self.max_participations)
+        if self.mode == "user":
+            kwargs["noise_placement"] = self.noise_placement
+        else:
+            kwargs.update(local_steps=local_steps, example_rate=example_rate,
+                          personal_steps=personal_steps, personal_rate=personal_rate)
+        try:
+            if self.noise_multiplier:
+                return PrivacyPlan.for_noise(self.noise_multiplier, **kwargs)
+            return PrivacyPlan.for_target(target_epsilon=self.target_epsilon, **kwargs)
+        except AccountingError as err:
+            raise ConfigError(f"privacy plan: {err}") from err
+
+    def cap_for_plan(self, plan: PrivacyPlan) -> float:
+        """The default per-user cap: ``default_cap`` if set, else the plan's epsilon."""
+        return self.default_cap if self.default_cap > 0 else plan.epsilon
+
+
+def _num(key: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} = {value!r} must be a finite number "
+                          f"{'>= 0' if allow_zero else '> 0'}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def describe_privacy_fields() -> str:
+    """Every ``[privacy]`` key with its default and meaning, TOML-like."""
+    lines = [f"[privacy]  # {PrivacyConfig.__doc__}"]
+    for f in dataclasses.fields(PrivacyConfig):
+        d = f.default
+        shown = ("true" if d else "false") if isinstance(d, bool) else (
+            f'"{d}"' if isinstance(d, str) else repr(d))
+        lines.append(f"{f.name} = {shown}    # {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+__all__ = ["DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES", "PrivacyConfig",
+           "describe_privacy_fields"]

@@ -1,0 +1,149 @@
+"""The run's privacy guarantee, in words, for the run summary.
+
+Every figure in the statement comes from the :class:`~ffm_private.privacy.planner.PrivacyPlan`
+(or the ledger's recorded spends): the text never states an epsilon the plan does not provide,
+and it refuses combinations whose guarantee would not hold (distributed noise without a
+protocol that hides individual updates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ffm_private.privacy.errors import UnsupportedClaimError
+from ffm_private.privacy.planner import PrivacyPlan
+
+HIDING_PROTOCOLS = ("secagg", "he")
+"""Protocols under which the server sees only the sum of the clients' updates."""
+
+NO_DP = ("No differential privacy: shared updates carry no formal guarantee; personal "
+         "parameters never leave the clients.")
+
+
+def check_example_level_coverage(*, personal_trains_on_client_data: bool,
+                                 personal_feeds_shared_update: bool,
+                                 personal_uses_dp: bool) -> None:
+    """Refuse an example-level claim that DP-SGD on the shared part alone would not cover.
+
+    If the personal adapter is trained on the same interactions and influences the shared
+    update (through the gate, or as its starting point), it is part of the mechanism: train it
+    with DP-SGD too and add its steps to the plan (``personal_steps``), or claim only
+    user-level DP.
+    """
+    if personal_trains_on_client_data and personal_feeds_shared_update and not personal_uses_dp:
+        raise UnsupportedClaimError(
+            "example-level DP is not supported for this configuration: the personal adapter is "
+            "trained without DP on the client's interactions and influences the shared update; "
+            "train it with DP-SGD (plan personal_steps/personal_rate) or use mode = 'user'")
+
+
+def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None = None,
+                        protocol: str = "plaintext", min_survivors: int | None = None,
+                        rounds_completed: int | None = None,
+                        ledger_summary: Mapping[str, Any] | None = None,
+                        test_seeded: bool = False) -> str:
+    """One paragraph: unit of privacy, epsilon, delta, accountant, who must be trusted, caps.
+
+    ``rounds_completed`` (a run stopped early) states the plan's epsilon after those rounds;
+    ``ledger_summary`` (:meth:`PrivacyLedger.summary`) adds the per-user caps and spends;
+    ``test_seeded`` marks noise drawn from a fixed seed, which protects nothing.
+    """
+    if plan is None:
+        return NO_DP
+    distributed = plan.mode == "user" and plan.noise_placement == "distributed"
+    if distributed and protocol not in HIDING_PROTOCOLS:
+        raise UnsupportedClaimError(
+            f"distributed noise with protocol {protocol!r} shows the server each update with "
+            "only its share of the noise: no user-level claim; use secagg or he, or central "
+            "noise with a trusted server")
+    if distributed and not min_survivors:
+        raise UnsupportedClaimError("distributed noise needs min_survivors to state a claim")
+
+    eps, rounds_note = plan.epsilon, ""
+    if rounds_completed is not None and rounds_completed < plan.rounds:
+        eps = plan.epsilon_after_rounds(rounds_completed)
+        rounds_note = (f" The run stopped after {rounds_completed} of {plan.rounds} planned "
+                       f"rounds; the full plan would reach epsilon = {plan.epsilon:.3f}.")
+    acc = plan.accountant.upper()
+    c = f"{clipping_norm:g}" if clipping_norm is not None else "C"
+    sigma = plan.noise_multiplier
+    parts: list[str] = []
+
+    if plan.mode == "example":
+        mech = (f"DP-SGD on the client with per-example gradients clipped to L2 norm {c}, "
+                f"Gaussian noise multiplier {sigma:.4f}, Poisson sampling of examples at rate "
+                f"at most {plan.example_rate:.4g} and at most {plan.local_steps} steps per round")
+        if plan.personal_steps:
+            mech += (f", plus {plan.personal_steps} DP-SGD steps on the personal adapter at rate "
+                     f"at most {plan.personal_rate:.4g} (composed)")
+        parts.append(
+            f"Example-level differential privacy: adding or removing any single interaction of "
+            f"a user changes the probability of anything that user's client shares by at most a "
+            f"factor e^epsilon plus delta, with epsilon = {eps:.3f} and delta = {plan.delta:g} "
+            f"({acc} accountant, for a user taking part in at most {plan.planned_charges} "
+            f"rounds; {mech}).")
+        parts.append(
+            "The noise is added on the device, so neither the server nor anyone observing "
+            "updates or models needs to be trusted for this guarantee. It protects single "
+            "interactions: a user's data as a whole (their overall tastes) is not protected "
+            "at this epsilon.")
+    elif not distributed:
+        parts.append(
+            f"User-level differential privacy: adding or removing all of one user's data changes "
+            f"the probability of any sequence of released global models by at most a factor "
+            f"e^epsilon plus delta, with epsilon = {eps:.3f} and delta = {plan.delta:g} ({acc} "
+            f"accountant, {plan.rounds} rounds, each client sampled independently with "
+            f"probability {plan.client_rate:g} per round; each update clipped to L2 norm {c}, "
+            f"Gaussian noise of std {sigma:.4f} x {c} added to the sum).")
+        sees = ("each client's update" if protocol not in HIDING_PROTOCOLS
+                else "the un-noised sum of the sampled clients' updates")
+        parts.append(
+            f"The server adds the noise, so the server must be trusted: it sees {sees}. The "
+            "guarantee holds against everyone else, provided the client sampling is drawn from "
+            "randomness they cannot see and the set (or number) of participants per round is "
+            "not published.")
+    else:
+        parts.append(
+            f"User-level differential privacy against the server: replacing all of one user's "
+            f"data (their update by zeros) changes the probability of anything the server "
+            f"observes by at most a factor e^epsilon plus delta, with epsilon = {eps:.3f} and "
+            f"delta = {plan.delta:g} ({acc} accountant, for a user taking part in at most "
+            f"{plan.planned_charges} of {plan.rounds} rounds; each update clipped to L2 norm "
+            f"{c}; each client adds Gaussian noise of std {sigma:.4f} x {c} / sqrt({min_survivors}) "
+            f"before {protocol} encoding, and a round is released only if at least "
+            f"{min_survivors} noise shares reach the sum).")
+        parts.append(
+            f"Nobody beyond the {protocol} protocol needs to be trusted, as long as at least "
+            f"{min_survivors} surviving clients per round are honest (did not reveal their noise). "
+            "Who takes part in a round is visible to the server and not protected, and the "
+            "accounting treats the noise as continuous (fixed-point encoding is not accounted).")
+    if rounds_note:
+        parts.append(rounds_note.strip())
+    if ledger_summary is not None:
+        parts.append(_caps_sentence(ledger_summary, plan))
+    if test_seeded:
+        parts.append("WARNING: the noise was drawn from a fixed test seed and is reproducible: "
+                     "this run carries NO privacy guarantee.")
+    return " ".join(parts)
+
+
+def _caps_sentence(summary: Mapping[str, Any], plan: PrivacyPlan) -> str:
+    users = summary.get("users", [])
+    caps = [u["cap"] for u in users]
+    if not users:
+        return "Per-user caps: no user was charged."
+    lo, hi = min(caps), max(caps)
+    cap_text = f"caps {lo:.3g} to {hi:.3g}" if lo != hi else f"cap {lo:.3g} for every user"
+    text = (f"Per-user budgets ({cap_text}; the default cap is "
+            f"{summary.get('default_cap', plan.epsilon):.3g}): {summary['users_charged']} users "
+            f"were charged, the largest recorded spend is epsilon = "
+            f"{summary['max_epsilon']:.3f}, and {summary['users_with_declines']} users declined "
+            "at least one round because their next charge would have exceeded their cap.")
+    over = summary.get("users_over_cap", 0)
+    if over:
+        text += f" {over} users' recorded spends exceed their caps (their cap was lowered later)."
+    return text
+
+
+__all__ = ["HIDING_PROTOCOLS", "NO_DP", "check_example_level_coverage", "guarantee_statement"]

@@ -1,0 +1,255 @@
+"""User-level DP mechanisms on flat update vectors: clipping, central and distributed noise.
+
+Everything is numpy; a torch tensor is accepted and converted (``.detach().cpu().numpy()``)
+without importing torch here. Outputs are float64.
+
+Noise randomness (see ``docs/privacy.md``, "Randomness"):
+
+- Production: :class:`NoiseSource` draws 256 bits from ``os.urandom`` as the root entropy and
+  derives one independent numpy stream per ``(round, client)`` with ``np.random.SeedSequence``
+  spawn keys. The root entropy is secret; :meth:`NoiseSource.persistent` keeps it in a 0600
+  file of the run directory so that a round replayed after a crash re-sends the *same* noisy
+  update (a different one would be a second release of the same data).
+- Tests: ``NoiseSource(test_seed=...)`` is reproducible and therefore offers **no privacy**;
+  :attr:`NoiseSource.is_test_seeded` lets the run summary say so.
+
+PCG64 (numpy's generator) is not a cryptographic PRG: its seed is unpredictable, but its
+outputs are not proven indistinguishable from random, and floating-point Gaussian sampling
+has the known least-significant-bit weakness (Mironov 2012). Masks and keys of the secure
+aggregation protocols never use this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffm_private.privacy.errors import InsufficientNoiseError
+
+_ENTROPY_BYTES = 32
+
+
+def to_numpy(vec: Any) -> np.ndarray:
+    """A float64 numpy copy of an array-like or torch tensor (no torch import)."""
+    if hasattr(vec, "detach") and hasattr(vec, "cpu"):
+        vec = vec.detach().cpu().numpy()
+    arr = np.array(vec, dtype=np.float64, copy=True)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("update contains NaN or infinite values: refusing to clip or noise it "
+                         "(its norm is undefined, so the sensitivity bound would not hold)")
+    return arr
+
+
+def _check_positive(name: str, value: float) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} = {value!r} must be a finite number > 0")
+    return float(value)
+
+
+def _check_min_survivors(min_survivors: int) -> int:
+    if isinstance(min_survivors, bool) or not isinstance(min_survivors, int) or min_survivors < 1:
+        raise ValueError(f"min_survivors = {min_survivors!r} must be an integer >= 1")
+    return min_survivors
+
+
+def l2_norm(vec: Any) -> float:
+    """Euclidean norm of the flattened vector (float64)."""
+    return float(np.linalg.norm(to_numpy(vec).ravel()))
+
+
+def clip_to_norm(vec: Any, clipping_norm: float) -> np.ndarray:
+    """Scale ``vec`` down to L2 norm at most ``clipping_norm`` (unchanged if already inside).
+
+    This bounds one user's contribution to the sum (the sensitivity) by ``clipping_norm``.
+    The result's float64 norm is guaranteed ``<= clipping_norm`` (a rounding step that lands
+    just above is corrected by one ulp-sized shrink).
+    """
+    c = _check_positive("clipping_norm", clipping_norm)
+    arr = to_numpy(vec)
+    norm = float(np.linalg.norm(arr.ravel()))
+    if norm <= c:
+        return arr
+    out = arr * (c / norm)
+    after = float(np.linalg.norm(out.ravel()))
+    if after > c:
+        out *= np.nextafter(c / after, 0.0)
+    return out
+
+
+def clip_all(updates: Iterable[Any], clipping_norm: float) -> list[np.ndarray]:
+    """Clip each update independently."""
+    return [clip_to_norm(u, clipping_norm) for u in updates]
+
+
+def central_noise_std(noise_multiplier: float, clipping_norm: float) -> float:
+    """Std of the Gaussian the trusted server adds to the sum: ``sigma * C``."""
+    return _check_positive("noise_multiplier", noise_multiplier) * \
+        _check_positive("clipping_norm", clipping_norm)
+
+
+def add_central_noise(total: Any, noise_multiplier: float, clipping_norm: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """The sum of clipped updates plus ``N(0, (sigma C)^2)`` per coordinate (trusted server)."""
+    arr = to_numpy(total)
+    return arr + rng.normal(0.0, central_noise_std(noise_multiplier, clipping_norm), arr.shape)
+
+
+def dp_sum(updates: Sequence[Any], noise_multiplier: float, clipping_norm: float,
+           rng: np.random.Generator) -> np.ndarray:
+    """Central user-level DP sum: clip each update to ``C``, sum, add ``N(0, (sigma C)^2)``."""
+    if not updates:
+        raise ValueError("dp_sum needs at least one update")
+    clipped = clip_all(updates, clipping_norm)
+    return add_central_noise(np.sum(clipped, axis=0), noise_multiplier, clipping_norm, rng)
+
+
+def distributed_noise_std(noise_multiplier: float, clipping_norm: float,
+                          min_survivors: int) -> float:
+    """Per-client noise std ``sigma C / sqrt(m)`` for distributed noise.
+
+    Assumption: at least ``m = min_survivors`` clients whose noise is *not* known to the
+    adversary end up in the aggregate. Then the sum carries variance ``k (sigma C)^2 / m >=
+    (sigma C)^2`` for any ``k >= m`` survivors, i.e. at least the full central noise. If the
+    adversary may collude with ``t`` clients (and so subtract their noise), plan ``m`` as the
+    smallest number of *honest* survivors: planned survivors minus ``t``.
+    """
+    m = _check_min_survivors(min_survivors)
+    return central_noise_std(noise_multiplier, clipping_norm) / math.sqrt(m)
+
+
+def add_distributed_noise(update: Any, noise_multiplier: float, clipping_norm: float,
+                          min_survivors: int, rng: np.random.Generator) -> np.ndarray:
+    """One client's share: its (already clipped) update plus ``N(0, (sigma C)^2 / m)``."""
+    arr = to_numpy(update)
+    std = distributed_noise_std(noise_multiplier, clipping_norm, min_survivors)
+    return arr + rng.normal(0.0, std, arr.shape)
+
+
+def surviving_noise_std(noise_multiplier: float, clipping_norm: float, min_survivors: int,
+                        survivors: int) -> float:
+    """Std of the total distributed noise when ``survivors`` shares reach the sum."""
+    if isinstance(survivors, bool) or not isinstance(survivors, int) or survivors < 0:
+        raise ValueError(f"survivors = {survivors!r} must be an integer >= 0")
+    std = distributed_noise_std(noise_multiplier, clipping_norm, min_survivors)
+    return std * math.sqrt(survivors)
+
+
+def check_survivors(survivors: int, min_survivors: int) -> None:
+    """Refuse to release a distributed-noise sum built from fewer than ``m`` noise shares."""
+    m = _check_min_survivors(min_survivors)
+    if survivors < m:
+        raise InsufficientNoiseError(
+            f"only {survivors} clients' noise shares reached the sum, fewer than the "
+            f"{m} the noise was planned for: the sum carries less than the planned noise and "
+            "must not be released (discard the round)")
+
+
+def _client_key(client: int | str) -> int:
+    if isinstance(client, bool):
+        raise TypeError("client id must be an int or str")
+    if isinstance(client, int) and client >= 0:
+        return client
+    digest = hashlib.sha256(f"client:{client}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") | (1 << 64)  # disjoint from small int ids
+
+
+class NoiseSource:
+    """Independent, reproducible-within-a-run noise streams, one per ``(round, client)``.
+
+    Without ``test_seed`` the root entropy comes from ``os.urandom`` (256 bits); with it the
+    streams are reproducible and the noise protects nothing (tests only).
+    """
+
+    def __init__(self, *, test_seed: int | None = None, entropy: int | None = None) -> None:
+        if test_seed is not None and entropy is not None:
+            raise ValueError("give test_seed or entropy, not both")
+        if test_seed is not None:
+            if isinstance(test_seed, bool) or not isinstance(test_seed, int) or test_seed < 0:
+                raise ValueError(f"test_seed = {test_seed!r} must be a non-negative integer")
+            self._entropy = test_seed
+        elif entropy is not None:
+            self._entropy = int(entropy)
+        else:
+            self._entropy = int.from_bytes(os.urandom(_ENTROPY_BYTES), "big")
+        self.is_test_seeded = test_seed is not None
+
+    @classmethod
+    def persistent(cls, path: str | Path) -> NoiseSource:
+        """Load the run's secret root entropy from ``path``, creating it (mode 0600) if absent.
+
+        Keeping it lets a replayed round regenerate exactly the noise it already released.
+        """
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, os.urandom(_ENTROPY_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            raw = path.read_bytes()
+        if len(raw) != _ENTROPY_BYTES:
+            raise ValueError(f"{path}: expected {_ENTROPY_BYTES} bytes of noise entropy, "
+                             f"found {len(raw)}")
+        return cls(entropy=int.from_bytes(raw, "big"))
+
+    def generator(self, round_id: int, client: int | str, purpose: int = 0) -> np.random.Generator:
+        """The stream of ``client`` in ``round_id`` (``purpose`` separates uses within it)."""
+        if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
+            raise ValueError(f"round_id = {round_id!r} must be a non-negative integer")
+        seq = np.random.SeedSequence(self._entropy,
+                                     spawn_key=(round_id, _client_key(client), int(purpose)))
+        return np.random.Generator(np.random.PCG64(seq))
+
+    def server_generator(self, round_id: int) -> np.random.Generator:
+        """The stream for central noise in ``round_id`` (disjoint from every client's)."""
+        return self.generator(round_id, "server", purpose=1)
+
+    def __repr__(self) -> str:  # never print the entropy
+        return f"NoiseSource(test_seeded={self.is_test_seeded})"
+
+
+def poisson_sample(ids: Sequence[Any], rate: float, rng: np.random.Generator) -> list[Any]:
+    """Each id independently with probability ``rate`` (the sampling the accountant assumes).
+
+    Amplification by sampling needs this randomness hidden from the adversary: draw it from a
+    :class:`NoiseSource` stream, not from a seed written in the run's config.
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate = {rate!r} must satisfy 0 < rate <= 1")
+    keep = rng.random(len(ids)) < rate
+    return [i for i, k in zip(ids, keep, strict=True) if k]
+
+
+__all__ = [
+    "NoiseSource",
+    "add_central_noise",
+    "add_distributed_noise",
+    "central_noise_std",
+    "check_survivors",
+    "clip_all",
+    "clip_to_norm",
+    "distributed_noise_std",
+    "dp_sum",
+    "l2_norm",
+    "poisson_sample",
+    "surviving_noise_std",
+    "to_numpy",
+]
