@@ -1,0 +1,390 @@
+"""Synthetic interactions in MovieLens-100K's shape, with a planted per-user "personality".
+
+Why: the quickstart, the tests and the leakage audits need data whose ground truth is known.
+Each user ``u`` has latent preference traits ``z_u ~ N(0, I_K)``; each item ``i`` has latent
+factors ``v_i ~ N(0, I_K / K)`` and a power-law base popularity ``p_i``. User ``u`` interacts
+with ``n_u`` distinct items drawn without replacement from
+
+    softmax_i(trait_strength * z_u . v_i + log p_i)
+
+(exactly, by the Gumbel-top-k trick), after a coverage step that gives every item at least one
+user (as in MovieLens-100K, where every listed item has a rating). ``n_u`` is
+``min_per_user`` plus a gamma-distributed excess rescaled to ``n_interactions`` in total, which gives
+MovieLens-100K's heavy-tailed activity. Observable attributes depend on the traits:
+``gender`` on trait 0, ``age`` on trait 1 and ``occupation`` on all traits (and on age), so
+inferring them from what a user interacted with is possible, which is what the attacks measure.
+
+Output (ML-100K format, so the real loader reads it): ``u.data``, ``u.user``, ``u.item``,
+plus ``personality.npz`` (the ground truth, rows in raw-id order) and ``synthetic.json``
+(the configuration and summary statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from ffm_private.data.interactions import Interactions
+from ffm_private.data.movielens import (
+    AGE_GROUPS,
+    GENDERS,
+    ML100K_OCCUPATIONS,
+    age_group,
+)
+
+PERSONALITY_FILE = "personality.npz"
+CONFIG_FILE = "synthetic.json"
+FORMAT_VERSION = 1
+
+#: Users per occupation in MovieLens-100K (same order as ML100K_OCCUPATIONS).
+_ML100K_OCCUPATION_COUNTS = np.array([79, 28, 7, 95, 67, 18, 32, 16, 7, 12, 51, 26, 9, 105,
+                                      66, 14, 12, 31, 196, 27, 45], dtype=np.float64)
+#: Share of MovieLens-100K ratings with 1..5 stars (ratings are derived from affinity).
+_RATING_SHARES = np.array([0.0611, 0.1137, 0.2715, 0.3417, 0.2120])
+_GENRES = 19  # u.item carries MovieLens-100K's 19 genre flags
+_OCC = {name: k for k, name in enumerate(ML100K_OCCUPATIONS)}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size, shape and planted structure of a synthetic dataset (defaults: ML-100K's shape)."""
+
+    n_users: int = 943
+    n_items: int = 1682
+    n_interactions: int = 100_000
+    min_per_user: int = 20
+    #: Cap on one user's interactions, as a fraction of the items (ML-100K's most active
+    #: user rated 44% of them).
+    max_per_user_fraction: float = 0.45
+    #: Items every user leaves untouched, when the size allows, so the standard evaluation
+    #: (99 never-interacted negatives per user) always works.
+    eval_negatives_reserve: int = 99
+    #: Gamma shape of each user's activity beyond ``min_per_user``: smaller is more spread
+    #: (0.65 fits MovieLens-100K's quantiles).
+    activity_shape: float = 0.65
+    n_traits: int = 8
+    #: Zipf exponent of the items' base popularity ``p_i ~ rank^-a``.
+    popularity_exponent: float = 0.9
+    #: Exponential cutoff of the power law, as a fraction of the items: MovieLens' long tail
+    #: of barely-rated items (``p_i ~ rank^-a * exp(-rank / (cutoff * n_items))``).
+    popularity_cutoff: float = 0.2
+    #: Weight of personal taste against popularity in the interaction softmax.
+    trait_strength: float = 3.0
+    #: Logit weight of the traits on the observable attributes (0 = independent).
+    attribute_strength: float = 1.5
+    male_fraction: float = 0.71
+    mean_age: float = 34.0
+    age_std: float = 12.0
+    #: Interactions fall in ``[start_timestamp, start_timestamp + span_days]`` (Unix seconds).
+    start_timestamp: int = 874_724_710
+    span_days: float = 215.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        cap = self.max_per_user
+        checks = [
+            (self.n_users >= 1, "n_users must be >= 1"),
+            (self.n_traits >= 2, "n_traits must be >= 2 (gender and age each use one)"),
+            (self.min_per_user >= 3, "min_per_user must be >= 3 (leave-one-out)"),
+            (self.min_per_user < self.n_items, "min_per_user must be below n_items"),
+            (self.eval_negatives_reserve >= 0, "eval_negatives_reserve must be >= 0"),
+            (self.n_users * self.min_per_user <= self.n_interactions <= self.n_users * cap,
+             f"n_interactions must lie in [n_users * min_per_user, n_users * {cap}]"),
+            (self.n_interactions >= self.n_items,
+             "n_interactions must be >= n_items (every item gets at least one interaction)"),
+            (self.popularity_cutoff > 0, "popularity_cutoff must be > 0"),
+            (0.0 < self.male_fraction < 1.0, "male_fraction must be in (0, 1)"),
+            (self.activity_shape > 0 and self.popularity_exponent >= 0
+             and self.trait_strength >= 0 and self.attribute_strength >= 0 and self.age_std >= 0,
+             "strengths, exponents and spreads must be >= 0"),
+            (self.span_days > 0, "span_days must be > 0"),
+            (self.seed >= 0, "seed must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SyntheticConfig: {message}")
+
+    @property
+    def max_per_user(self) -> int:
+        """Most interactions one user may have (the fraction cap, then the reserve)."""
+        cap = min(int(self.max_per_user_fraction * self.n_items),
+                  self.n_items - self.eval_negatives_reserve)
+        return max(cap, self.min_per_user)
+
+    @classmethod
+    def small(cls, seed: int = 0) -> SyntheticConfig:
+        """~300 users, 400 items, 15k interactions: the two-minute federated quickstart."""
+        return cls(n_users=300, n_items=400, n_interactions=15_000, seed=seed)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SyntheticConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True, eq=False)
+class Personality:
+    """The planted ground truth. Rows follow ``raw_user_ids`` / ``raw_item_ids``."""
+
+    raw_user_ids: np.ndarray
+    raw_item_ids: np.ndarray
+    traits: np.ndarray          # (n_users, n_traits)
+    item_factors: np.ndarray    # (n_items, n_traits)
+    log_popularity: np.ndarray  # (n_items,) log base popularity (normalized)
+    trait_strength: float
+    gender: np.ndarray          # 0 = F, 1 = M
+    age: np.ndarray             # years
+    age_group: np.ndarray       # codes into AGE_GROUPS
+    occupation: np.ndarray      # codes into ML100K_OCCUPATIONS
+    activity: np.ndarray        # interactions per user
+
+    def scores(self) -> np.ndarray:
+        """The generative logits ``(n_users, n_items)``: the oracle ranking of every item."""
+        return self.trait_strength * self.traits @ self.item_factors.T + self.log_popularity
+
+    def aligned(self, data: Interactions) -> Personality:
+        """The same ground truth with rows reordered to ``data``'s internal ids."""
+        urows = _positions(self.raw_user_ids, data.raw_user_ids, "user")
+        irows = _positions(self.raw_item_ids, data.raw_item_ids, "item")
+        return Personality(
+            raw_user_ids=self.raw_user_ids[urows], raw_item_ids=self.raw_item_ids[irows],
+            traits=self.traits[urows], item_factors=self.item_factors[irows],
+            log_popularity=self.log_popularity[irows], trait_strength=self.trait_strength,
+            gender=self.gender[urows], age=self.age[urows], age_group=self.age_group[urows],
+            occupation=self.occupation[urows], activity=self.activity[urows])
+
+
+def generate_synthetic(out_dir: str | PathLike[str],
+                       config: SyntheticConfig = SyntheticConfig()) -> Path:  # noqa: B008
+    """Write a synthetic dataset to ``out_dir`` (created if needed) and return its path.
+
+    Deterministic: the same config writes byte-identical files.
+    """
+    cfg = config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = np.random.SeedSequence([0x5F17, cfg.seed])
+    s_traits, s_items, s_attr, s_activity, s_cover, s_draw, s_time, s_misc = root.spawn(8)
+    n_users, n_items, K = cfg.n_users, cfg.n_items, cfg.n_traits
+
+    rng = np.random.default_rng(s_traits)
+    traits = rng.standard_normal((n_users, K))
+
+    rng = np.random.default_rng(s_items)
+    factors = rng.standard_normal((n_items, K))
+    factors /= np.linalg.norm(factors, axis=1, keepdims=True)
+    ranks = rng.permutation(n_items) + 1.0
+    log_pop = -cfg.popularity_exponent * np.log(ranks) - ranks / (cfg.popularity_cutoff * n_items)
+    log_pop -= np.log(np.exp(log_pop).sum())
+
+    gender, age, occupation = _attributes(cfg, traits, np.random.default_rng(s_attr))
+    quota = _activity(cfg, np.random.default_rng(s_activity))
+
+    logits = cfg.trait_strength * traits @ factors.T + log_pop
+    chosen = _cover_items(logits, quota, np.random.default_rng(s_cover))
+    user, item = _draw(logits, quota, chosen, np.random.default_rng(s_draw))
+    timestamp = _timestamps(cfg, user, np.random.default_rng(s_time))
+
+    rng = np.random.default_rng(s_misc)
+    affinity = logits[user, item] - log_pop[item] + rng.standard_normal(len(user))
+    rating = _ratings(affinity)
+    rows = rng.permutation(len(user))
+    user, item, rating, timestamp = user[rows], item[rows], rating[rows], timestamp[rows]
+
+    _write_lines(out / "u.data", (f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in
+                                  zip((user + 1).tolist(), (item + 1).tolist(), rating.tolist(),
+                                      timestamp.tolist(), strict=True)))
+    zips = rng.integers(0, 100_000, size=n_users)
+    _write_lines(out / "u.user", (
+        f"{u + 1}|{age[u]}|{GENDERS[gender[u]]}|{ML100K_OCCUPATIONS[occupation[u]]}|{zips[u]:05d}"
+        for u in range(n_users)))
+    genres = _genres(factors)
+    _write_lines(out / "u.item", (
+        f"{i + 1}|Synthetic item {i + 1} (1995)|01-Jan-1995||"
+        f"|{'|'.join(map(str, genres[i].tolist()))}" for i in range(n_items)))
+
+    np.savez(out / PERSONALITY_FILE, raw_user_ids=np.arange(1, n_users + 1),
+             raw_item_ids=np.arange(1, n_items + 1), traits=traits, item_factors=factors,
+             log_popularity=log_pop, trait_strength=np.float64(cfg.trait_strength),
+             gender=gender, age=age, age_group=age_group(age), occupation=occupation,
+             activity=quota)
+    counts = np.bincount(item, minlength=n_items)
+    summary = {
+        "format_version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "files": ["u.data", "u.user", "u.item", PERSONALITY_FILE],
+        "attribute_codes": {"gender": GENDERS, "age_group": AGE_GROUPS,
+                            "occupation": ML100K_OCCUPATIONS},
+        "planted": {"gender": "logit = attribute_strength * traits[:, 0] + bias",
+                    "age": "mean_age + age_std * (rho * traits[:, 1] + sqrt(1 - rho^2) * noise),"
+                           " rho = s / sqrt(1 + s^2), s = attribute_strength",
+                    "occupation": "softmax(log ML-100K share + attribute_strength * W traits"
+                                  " + age effects)"},
+        "stats": {"interactions": int(len(user)), "users": n_users, "items": n_items,
+                  "min_per_user": int(quota.min()), "median_per_user": float(np.median(quota)),
+                  "max_per_user": int(quota.max()), "item_gini": _gini(counts),
+                  "user_gini": _gini(quota), "male_share": float(gender.mean())},
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_personality(path: str | PathLike[str], data: Interactions | None = None
+                     ) -> Personality:
+    """Read ``personality.npz`` from a generated directory (or the file itself).
+
+    With ``data`` (the loaded interactions) rows are aligned to its internal ids.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / PERSONALITY_FILE
+    from ffm_private.data.errors import DataError
+
+    if not file.exists():
+        raise DataError("file not found (not a synthetic dataset?)", path=file)
+    with np.load(file) as z:
+        values = {k: z[k] for k in z.files}
+    values["trait_strength"] = float(values["trait_strength"])
+    personality = Personality(**values)
+    return personality if data is None else personality.aligned(data)
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    order = np.argsort(ids)
+    pos = np.minimum(np.searchsorted(ids[order], wanted), len(ids) - 1)
+    rows = order[pos]
+    if np.any(ids[rows] != wanted):
+        raise ValueError(f"the interactions hold a {what} id absent from the personality file")
+    return rows
+
+
+def _attributes(cfg: SyntheticConfig, traits: np.ndarray, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = cfg.attribute_strength
+    # Bias so that the population share of men is about male_fraction (probit approximation
+    # of the logistic-normal mean).
+    bias = math.log(cfg.male_fraction / (1 - cfg.male_fraction)) * math.sqrt(
+        1 + math.pi * s * s / 8)
+    p_male = 1 / (1 + np.exp(-(s * traits[:, 0] + bias)))
+    gender = (rng.random(len(traits)) < p_male).astype(np.int64)
+
+    rho = s / math.sqrt(1 + s * s)
+    noise = rng.standard_normal(len(traits))
+    age = cfg.mean_age + cfg.age_std * (rho * traits[:, 1] + math.sqrt(1 - rho * rho) * noise)
+    age = np.clip(np.rint(age), 7, 73).astype(np.int64)
+
+    weights = rng.standard_normal((len(ML100K_OCCUPATIONS), cfg.n_traits))
+    weights /= math.sqrt(cfg.n_traits)
+    young = (25.0 - age) / 10.0
+    logits = np.log(_ML100K_OCCUPATION_COUNTS) + s * traits @ weights.T
+    logits[:, _OCC["student"]] += 1.5 * young
+    logits[:, _OCC["retired"]] += (age - 60.0) / 4.0
+    logits[:, _OCC["homemaker"]] += 0.5 * (1 - 2 * gender)  # planted like ML-100K's skew
+    occupation = _sample_rows(logits, rng)
+    return gender, age, occupation
+
+
+def _sample_rows(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One categorical draw per row of ``logits`` (Gumbel-max)."""
+    return np.argmax(logits + rng.gumbel(size=logits.shape), axis=1).astype(np.int64)
+
+
+def _activity(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Interactions per user: ``min_per_user`` + gamma-distributed excess summing to the target."""
+    n_users, cap, low = cfg.n_users, cfg.max_per_user, cfg.min_per_user
+    excess_total = cfg.n_interactions - n_users * low
+    weights = rng.gamma(cfg.activity_shape, size=n_users)
+    room = np.full(n_users, float(cap - low))
+    excess = np.zeros(n_users)
+    free = np.ones(n_users, dtype=bool)
+    remaining = float(excess_total)
+    while remaining > 1e-9 and free.any():  # water-filling under the cap
+        share = remaining * weights * free / (weights * free).sum()
+        take = np.minimum(share, room - excess)
+        excess += take
+        remaining -= take.sum()
+        free &= excess < room - 1e-9
+    counts = np.floor(excess).astype(np.int64)
+    short = excess_total - int(counts.sum())
+    frac = np.where(counts < cap - low, excess - counts, -1.0)
+    counts[np.argsort(-frac, kind="stable")[:short]] += 1
+    return counts + low
+
+
+def _cover_items(logits: np.ndarray, quota: np.ndarray, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """Give every item one user, drawn by how likely each user is to pick it."""
+    n_users, n_items = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    prob = np.exp(shifted)
+    prob /= prob.sum(axis=1, keepdims=True)
+    # P(user u picks item i) ~ n_u * softmax_u(i); a column-wise draw under capacity.
+    weight = quota[:, None] * prob
+    owner = np.empty(n_items, dtype=np.int64)
+    left = quota.astype(np.int64).copy()
+    for i in rng.permutation(n_items):
+        w = weight[:, i] * (left > 0)
+        c = np.cumsum(w)
+        u = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+        u = min(u, n_users - 1)
+        owner[i] = u
+        left[u] -= 1
+    chosen = np.zeros((n_users, n_items), dtype=bool)
+    chosen[owner, np.arange(n_items)] = True
+    return chosen
+
+
+def _draw(logits: np.ndarray, quota: np.ndarray, chosen: np.ndarray,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Fill each user's quota without replacement from the softmax (Gumbel-top-k)."""
+    keys = logits + rng.gumbel(size=logits.shape)
+    keys[chosen] = np.inf
+    order = np.argsort(-keys, axis=1, kind="stable")
+    take = np.arange(logits.shape[1])[None, :] < quota[:, None]
+    user = np.repeat(np.arange(logits.shape[0]), quota)
+    item = order[take]
+    return user.astype(np.int64), item.astype(np.int64)
+
+
+def _timestamps(cfg: SyntheticConfig, user: np.ndarray, rng: np.random.Generator
+                ) -> np.ndarray:
+    """Each user is active over a log-normal window (median two days) inside the span."""
+    span = cfg.span_days * 86_400.0
+    n_users = cfg.n_users
+    duration = np.minimum(rng.lognormal(math.log(2 * 86_400.0), 2.0, size=n_users), span)
+    start = rng.random(n_users) * (span - duration)
+    offset = rng.random(len(user)) * duration[user]
+    return (cfg.start_timestamp + np.floor(start[user] + offset)).astype(np.int64)
+
+
+def _ratings(affinity: np.ndarray) -> np.ndarray:
+    """1..5 stars by affinity quantile, with MovieLens-100K's star shares."""
+    cuts = np.quantile(affinity, np.cumsum(_RATING_SHARES)[:-1])
+    return (np.searchsorted(cuts, affinity, side="right") + 1).astype(np.int64)
+
+
+def _genres(factors: np.ndarray) -> np.ndarray:
+    """Genre flags from the item factors (one or two per item), for a realistic u.item."""
+    n_items, K = factors.shape
+    proj = factors @ np.cos(np.outer(np.arange(K), np.arange(_GENRES - 1) + 1.0))
+    flags = np.zeros((n_items, _GENRES), dtype=np.int64)
+    top = np.argsort(-proj, axis=1)[:, :2] + 1
+    flags[np.arange(n_items), top[:, 0]] = 1
+    second = proj[np.arange(n_items), top[:, 1] - 1] > np.quantile(proj, 0.9)
+    flags[np.arange(n_items)[second], top[second, 1]] = 1
+    return flags
+
+
+def _gini(counts: np.ndarray) -> float:
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def _write_lines(path: Path, lines) -> None:
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")
