@@ -13,7 +13,8 @@ Local training has two phases, which is what lets privacy accounting tell them a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,22 @@ def _batch_seed(seed: int, round_id: int, user: int, phase: int) -> int:
     return int(np.random.SeedSequence([seed, round_id, user, phase, 7]).generate_state(1)[0])
 
 
+@contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Use torch's deterministic kernels inside the block, then restore the caller's setting.
+
+    On CPU the backward of an indexed embedding lookup accumulates with several threads in
+    an order that varies from call to call; without this, two runs with the same seed differ
+    in the last bits, and a resumed run would not end where an uninterrupted one does.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def run_epochs(model: Recommender, params: list[torch.nn.Parameter], examples: Examples,
                epochs: int, lr: float, batch_size: int, seed: int, *,
                owner: torch.Tensor | None = None,
@@ -78,17 +95,18 @@ def run_epochs(model: Recommender, params: list[torch.nn.Parameter], examples: E
     opt = optimizer or torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(examples), generator=gen)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            logits = model(history[idx], items[idx], owner[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+    with deterministic_torch():
+        for _ in range(epochs):
+            order = torch.randperm(len(examples), generator=gen)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                logits = model(history[idx], items[idx], owner[idx])
+                loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
     return total / max(count, 1)
 
 
