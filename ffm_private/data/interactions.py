@@ -90,8 +90,11 @@ def interactions_from_arrays(
         if len(keep) == 0:
             raise DataError(f"no user has at least {min_interactions} interactions", path=source)
 
-    raw_users, u_new = np.unique(user[keep], return_inverse=True)
-    raw_items, i_new = np.unique(item[keep], return_inverse=True)
+    if len(keep) == n:  # the common case: nothing dropped, the first remapping stands
+        u_new, i_new = uidx, iidx
+    else:
+        raw_users, u_new = np.unique(user[keep], return_inverse=True)
+        raw_items, i_new = np.unique(item[keep], return_inverse=True)
 
     attributes: dict[str, np.ndarray] = {}
     if user_table is not None:
@@ -120,6 +123,11 @@ def first_occurrences(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray)
 
     Earliest means smallest timestamp, ties going to the earlier row.
     """
+    n_items = int(item.max()) + 1 if len(item) else 0
+    pair = user.astype(np.int64) * n_items + item
+    pair.sort()
+    if not np.any(pair[1:] == pair[:-1]):  # no duplicate: keep every row
+        return np.arange(len(user))
     rows = np.arange(len(user))
     order = np.lexsort((rows, timestamp, item, user))
     su, si = user[order], item[order]
