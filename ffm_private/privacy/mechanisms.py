@@ -69,7 +69,7 @@ def clip_to_norm(vec: Any, clipping_norm: float) -> np.ndarray:
 
     This bounds one user's contribution to the sum (the sensitivity) by ``clipping_norm``.
     The result's float64 norm is guaranteed ``<= clipping_norm`` (a rounding step that lands
-    just above is corrected by one ulp-sized shrink).
+    just above is corrected by shrinking a few ulps).
     """
     c = _check_positive("clipping_norm", clipping_norm)
     arr = to_numpy(vec)
@@ -77,9 +77,10 @@ def clip_to_norm(vec: Any, clipping_norm: float) -> np.ndarray:
     if norm <= c:
         return arr
     out = arr * (c / norm)
-    after = float(np.linalg.norm(out.ravel()))
-    if after > c:
-        out *= np.nextafter(c / after, 0.0)
+    shrink = 1
+    while float(np.linalg.norm(out.ravel())) > c:  # rounding landed above C: shrink by ulps
+        out = arr * (c / norm * (1.0 - shrink * np.finfo(np.float64).eps))
+        shrink *= 2
     return out
 
 
