@@ -14,11 +14,16 @@ from ffm_private.models.base import Recommender
 
 
 class _SharedItems(nn.Module):
+    """Item embeddings and biases as ``nn.Embedding`` tables (per-example gradients)."""
+
     def __init__(self, n_items: int, dim: int) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(0)
-        self.item_emb = nn.Parameter(torch.randn(n_items + 1, dim, generator=gen) * 0.1)
-        self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.item_emb = nn.Embedding(n_items + 1, dim)
+        self.item_bias = nn.Embedding(n_items + 1, 1)
+        with torch.no_grad():
+            self.item_emb.weight.copy_(torch.randn(n_items + 1, dim, generator=gen) * 0.1)
+            self.item_bias.weight.zero_()
 
 
 class _PersonalUser(nn.Module):
@@ -42,5 +47,6 @@ class FedMFRecommender(Recommender):
         return {"personal.user_emb": torch.randn(self.dim, generator=gen) * 0.1}
 
     def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        e = self.shared.item_emb[items]
-        return torch.einsum("nbd,nd->nb", e, self.personal.user_emb[owner]) + self.shared.item_bias[items]
+        e = self.shared.item_emb(items)
+        bias = self.shared.item_bias(items).squeeze(-1)
+        return torch.einsum("nbd,nd->nb", e, self.personal.user_emb[owner]) + bias

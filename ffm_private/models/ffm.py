@@ -41,13 +41,30 @@ class _Backbone(nn.Module):
         return pooled @ self.hist_proj
 
 
+class BottleneckAdapter(nn.Module):
+    """``x + up(relu(down(x)))``: a residual bottleneck of width ``rank``.
+
+    Built from ``nn.Linear`` layers so that per-example gradients (Opacus) are available;
+    ``up`` starts at zero, so a fresh adapter is the identity.
+    """
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        with torch.no_grad():
+            self.down.weight.normal_(0.0, dim**-0.5)
+            self.up.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.relu(self.down(x)))
+
+
 class _GlobalAdapter(nn.Module):
     def __init__(self, dim: int, rank: int) -> None:
         super().__init__()
-        self.item_down = nn.Parameter(torch.randn(dim, rank) / dim**0.5)
-        self.item_up = nn.Parameter(torch.zeros(rank, dim))
-        self.user_down = nn.Parameter(torch.randn(dim, rank) / dim**0.5)
-        self.user_up = nn.Parameter(torch.zeros(rank, dim))
+        self.item = BottleneckAdapter(dim, rank)
+        self.user = BottleneckAdapter(dim, rank)
 
 
 class _Personal(nn.Module):
@@ -83,9 +100,9 @@ class FFMRecommender(Recommender):
     def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         bb, g = self.backbone, self.shared
         e = bb.item_emb[items]                                   # (N, B, d)
-        e_global = e + F.relu(e @ g.item_down) @ g.item_up
+        e_global = g.item(e)
         h = bb.encode_history(history, self.pad)                 # (N, d)
-        q = h + F.relu(h @ g.user_down) @ g.user_up
+        q = g.user(h)
         if self.personal.enabled:
             p = self.personal
             hidden = F.relu(torch.einsum("nbd,ndr->nbr", e, p.item_down[owner]))
