@@ -38,6 +38,7 @@ from ffm_private.data import (
 from ffm_private.evaluation import evaluate_model, evaluate_popularity
 from ffm_private.models import FROZEN, PERSONAL, SHARED, Recommender, SharedSpec, build_model
 from ffm_private.models.partition import load_group, state_of
+from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
 from ffm_private.server import Server, sample_clients
 from ffm_private.storage import (
@@ -113,6 +114,11 @@ class Simulation:
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
         self.local_cfg = local_config(cfg)
+        self.observer = ObservationRecorder(
+            self.run_dir, cfg.observation, self.spec, protocol=cfg.protocol.name,
+            reveals_individual=self.protocol.reveals_individual_updates,
+            total_rounds=cfg.federated.rounds, seed=cfg.federated.seed,
+            extra={"model": cfg.model.kind, "n_users": self.split.n_users})
 
     # -- set-up ---------------------------------------------------------------------------
     def _prepare_directory(self, resume: bool, overwrite: bool) -> None:
@@ -208,6 +214,7 @@ class Simulation:
             losses.append(result.update.metrics["shared_loss"])
         outcome = server.aggregate(round_id, updates, seed=f.seed)
         state.shared = server.shared
+        self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
         return {
             "round": round_id,
@@ -228,6 +235,7 @@ class Simulation:
         metrics_path = self.run_dir / "metrics.jsonl"
         # rewrite the metrics file from the checkpoint: drops any line past the last checkpoint
         atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in state.history).encode())
+        self.observer.truncate_after(state.round_id)
         if state.round_id > 0:
             self._say(f"resuming {self.run_dir} after round {state.round_id}/{f.rounds}")
         for round_id in range(state.round_id + 1, f.rounds + 1):
@@ -241,6 +249,7 @@ class Simulation:
             self.save_checkpoint(state)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+        self.observer.release(state.shared, state.round_id)
         return self.write_summary(state)
 
     # -- reporting ----------------------------------------------------------------------------
