@@ -22,6 +22,7 @@ examples:
   ffm-private evaluate --run runs/quickstart
   ffm-private pretrain --config run.toml --out backbone.npz
   ffm-private config                                  # every config field, default and meaning
+  ffm-private audit --run runs/quickstart              # what leaks: attacks on the observation log
 """
 
 
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
+
+    from attacks.cli import add_audit_command  # light: the attacks load when audit runs
+
+    add_audit_command(sub)
     return parser
 
 
