@@ -97,3 +97,18 @@ def test_planted_bugs_exceed_the_claim_every_time(claim, bug, seed):
                              background=_background(seed), beta=BETA, seed=seed).run()
     assert result.exceeds_claim, (bug, result.to_dict())
     assert result.lower_bound > CLAIM + 0.2
+
+
+def test_interaction_canaries_catch_training_without_dp(fedmf_context):
+    """Example-level canaries through the run's client training (no DP-SGD): far above an
+    example-level claim of epsilon 1."""
+    from attacks.canaries import run_canary_audit
+    from attacks.context import Claim
+
+    claim = Claim(mode="example", epsilon=1.0, delta=1e-8, covers=("server", "public"))
+    ctx = fedmf_context.with_log(fedmf_context.log, claim)
+    attack, result = run_canary_audit(ctx, canaries=400)
+    assert result.kind == "example-level canary interactions"
+    assert result.canaries == 400
+    assert result.clopper_pearson["epsilon"] == 0.0  # canaries share clients: not independent
+    assert result.exceeds_claim and attack.verdict.failed
