@@ -91,11 +91,17 @@ def plot_epsilon(results: list[AttackResult], path: Path) -> Path | None:
     labels = ["one-run bound", "Clopper-Pearson", "Gaussian estimate"]
     values = [m["one_run"]["epsilon"], m["clopper_pearson"]["epsilon"],
               m["gaussian_estimate"]["epsilon"]]
-    values = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    top = max(finite + [m.get("claimed_epsilon_at_audit_delta") or 0.0, 1.0]) * 1.2
+    shown = [v if v is not None and math.isfinite(v) else top for v in values]
     fig = _figure(5.6, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     colors = ["#1565c0", "#1565c0", "#90a4ae"]
-    ax.barh(labels, values, color=colors)
+    ax.barh(labels, shown, color=colors)
+    for y, (v, w) in enumerate(zip(values, shown, strict=True)):
+        text = f"{v:.3f}" if v is not None and math.isfinite(v) else "unbounded"
+        ax.text(w, y, f" {text}", va="center", fontsize=8)
+    ax.set_xlim(0, top * 1.25)
     claimed = m.get("claimed_epsilon_at_audit_delta")
     if claimed is not None:
         ax.axvline(claimed, color="#c62828", lw=2, label=f"claim {claimed:.3g}")

@@ -199,23 +199,33 @@ class RoundObservation:
 
 
 def _encode_vectors(vectors: Sequence[np.ndarray], dtype: str) -> tuple[dict[str, np.ndarray], str]:
-    """Dense ``(k, P)`` or sparse (offsets, index, value) arrays, whichever is smaller."""
-    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
-    if dtype == "float16" and np.max(np.abs(stacked), initial=0.0) > np.finfo(np.float16).max:
+    """Dense ``(k, P)`` or sparse (offsets, index, value) arrays, whichever is smaller.
+
+    Built one vector at a time, so memory stays at the stored size (not ``k x P`` float64).
+    """
+    if dtype == "float16" and any(np.max(np.abs(v), initial=0.0) > np.finfo(np.float16).max
+                                  for v in vectors):
         dtype = "float32"
-    values = stacked.astype(dtype)
     itemsize = _ITEMSIZE[dtype]
-    nonzero = values != 0
-    nnz = int(nonzero.sum())
-    dense_bytes = values.nbytes
+    n = int(np.asarray(vectors[0]).shape[0])
+    nnz = sum(int(np.count_nonzero(np.asarray(v).astype(dtype))) for v in vectors)
     sparse_bytes = nnz * (4 + itemsize) + 8 * (len(vectors) + 1)
-    if values.shape[1] < 2**31 and sparse_bytes < dense_bytes:
-        rows, cols = np.nonzero(nonzero)
+    if n < 2**31 and sparse_bytes < len(vectors) * n * itemsize:
         offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=len(vectors)), out=offsets[1:])
-        return {"upd_offsets": offsets, "upd_index": cols.astype(np.int32),
-                "upd_value": values[rows, cols]}, dtype
-    return {"updates": values}, dtype
+        index = np.empty(nnz, dtype=np.int32)
+        value = np.empty(nnz, dtype=dtype)
+        for row, v in enumerate(vectors):
+            cast = np.asarray(v).astype(dtype)
+            cols = np.flatnonzero(cast)
+            lo = offsets[row]
+            offsets[row + 1] = lo + cols.size
+            index[lo:lo + cols.size] = cols
+            value[lo:lo + cols.size] = cast[cols]
+        return {"upd_offsets": offsets, "upd_index": index, "upd_value": value}, dtype
+    dense = np.empty((len(vectors), n), dtype=dtype)
+    for row, v in enumerate(vectors):
+        dense[row] = np.asarray(v).astype(dtype)
+    return {"updates": dense}, dtype
 
 
 def _meta_array(meta: Mapping[str, Any]) -> np.ndarray:

@@ -154,3 +154,28 @@ def test_config_validation_and_round_resolution():
         Config().replace(**{"observation.max_clients": -1})
     assert resolve_rounds([1, 2, -1], 20) == [1, 2, 20]
     assert resolve_rounds([1, -1, 5], 1) == [1]
+
+
+@pytest.mark.parametrize("density", [0.01, 0.9])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_vector_encoding_round_trips(density, dtype):
+    from ffm_private.observation import RoundObservation, _encode_vectors
+
+    rng = np.random.default_rng(0)
+    vectors = [np.where(rng.random(500) < density, rng.standard_normal(500), 0.0)
+               for _ in range(6)]
+    encoded, used = _encode_vectors(vectors, dtype)
+    assert used == dtype
+    assert ("upd_value" in encoded) == (density < 0.5)  # sparse only when smaller
+    obs = RoundObservation(round_id=1, broadcast=np.zeros(500, np.float32), after=None,
+                           sampled=np.arange(6), contributors=np.arange(6),
+                           _ids=np.arange(6), _encoded=encoded, dtype=used)
+    for cid, v in enumerate(vectors):
+        np.testing.assert_array_equal(obs.vector(cid), v.astype(dtype).astype(np.float32))
+
+
+def test_float16_overflow_keeps_float32():
+    from ffm_private.observation import _encode_vectors
+
+    _, used = _encode_vectors([np.array([1e6, 0.0, 2.0])], "float16")
+    assert used == "float32"
