@@ -33,6 +33,7 @@ KEY_BYTES = 32
 TAG_BYTES = 16
 _DOMAIN = b"ffm-secagg/v1/"
 _ZERO_IV = bytes(16)
+_AES, _CTR = algorithms.AES, modes.CTR  # looked up once: a mask is one short call
 
 
 def default_entropy(n: int) -> bytes:
@@ -140,7 +141,7 @@ class MaskStream:
         self._view = np.frombuffer(self._out, dtype="<u4", count=n_words)
 
     def words(self, key: bytes) -> np.ndarray:
-        enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
+        enc = Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor()
         enc.update_into(self._zeros, self._out)
         return self._view
 

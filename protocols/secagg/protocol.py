@@ -46,7 +46,8 @@ class SecAggResult(AggregateResult):
             the total).
         neighbours: ``k``, neighbours per client this round; ``threshold``: ``t``.
         timings: seconds per party and step: ``server_*`` for the server, ``client_*`` summed
-            over clients, ``client_*_max`` the slowest client, ``client_*_count`` how many.
+            over clients, ``client_*_median`` and ``client_*_max`` per client,
+            ``client_*_count`` how many clients ran the step.
         client_errors: problems clients found in what the server sent them (they stopped,
             so the server counts them as dropped).
 
@@ -113,6 +114,7 @@ class SecAggPlusProtocol(AggregationProtocol):
                                      rounding_key=cr.rounding_key(seed, round_id, cid),
                                      entropy=entropy) for cid in ids}
         timings: dict[str, float] = {}
+        spent_by_step: dict[str, list[float]] = {}
         client_errors: dict[int, ProtocolError] = {}
 
         def timed(name: str, fn: Step, client: SecAggClient, arg: Any) -> Any:
@@ -120,12 +122,7 @@ class SecAggPlusProtocol(AggregationProtocol):
             try:
                 return fn(client, arg)
             finally:
-                spent = time.perf_counter() - start
-                timings[f"client_{name}"] = timings.get(f"client_{name}", 0.0) + spent
-                key = f"client_{name}_max"
-                timings[key] = max(timings.get(key, 0.0), spent)
-                key = f"client_{name}_count"
-                timings[key] = timings.get(key, 0) + 1
+                spent_by_step.setdefault(name, []).append(time.perf_counter() - start)
 
         def exchange(downloads: dict[int, bytes], down: str, up: str,
                      steps: list[tuple[str, Step]]) -> None:
@@ -153,6 +150,11 @@ class SecAggPlusProtocol(AggregationProtocol):
         exchange(server.unmask_requests(), "unmask_request", "unmask",
                  [("unmask", SecAggClient.unmask)])
         outcome = server.finish()
+        for name, spent in spent_by_step.items():
+            timings[f"client_{name}"] = float(np.sum(spent))
+            timings[f"client_{name}_median"] = float(np.median(spent))
+            timings[f"client_{name}_max"] = float(np.max(spent))
+            timings[f"client_{name}_count"] = len(spent)
         timings.update({f"server_{k}": v for k, v in outcome.timings.items()})
         return SecAggResult(
             total=outcome.total,
