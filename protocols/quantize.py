@@ -105,7 +105,9 @@ class FixedPointCodec:
 
     def count_clipped(self, x: np.ndarray) -> int:
         """How many coordinates of ``x`` lie outside ``[-clip, clip]`` (and will be clipped)."""
-        return int(np.count_nonzero(np.abs(np.asarray(x, dtype=np.float64)) > self.clip))
+        x = np.asarray(x, dtype=np.float64)
+        return sum(int(np.count_nonzero(np.abs(x[i:i + _BLOCK]) > self.clip))
+                   for i in range(0, x.shape[0], _BLOCK))
 
     def decode_sum(self, residues: np.ndarray) -> np.ndarray:
         """Centred lift of a modular sum back to floats."""

@@ -195,12 +195,15 @@ class SecAggClient:
         n = self._length
         stream = cr.MaskStream(n + 1)
         acc = np.empty(n + 1, dtype=np.uint32)
-        self._codec.encode_words(self._update, stream.words(self._rounding_key)[:n], out=acc[:n])
+        for start, words in stream.blocks(self._rounding_key):
+            stop = min(start + len(words), n)
+            self._codec.encode_words(self._update[start:stop], words[:stop - start],
+                                     out=acc[start:stop])
         self.clipped = self._codec.count_clipped(self._update)
         acc[n] = min(self.clipped, clipped_cap(self._codec.max_clients))
-        stream.add(acc, cr.self_mask_key(self._b, self.round_id, self.id))
-        for j in self._held:
-            stream.add(acc, self._pair_keys[j], 1 if self.id < j else -1)
+        masks = [(cr.self_mask_key(self._b, self.round_id, self.id), 1)]
+        masks += [(self._pair_keys[j], 1 if self.id < j else -1) for j in self._held]
+        stream.apply(acc, masks)
         self._update = None  # the plain update is no longer needed
         return seal(Kind.MASKED_INPUT, self.round_id, self.id, self._upload,
                     clear=acc.astype("<u4", copy=False))

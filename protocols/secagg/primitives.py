@@ -121,6 +121,10 @@ def nonce(kind: int, party: int = 0) -> bytes:
 
 
 # -- the mask generator ---------------------------------------------------------------------
+MASK_BLOCK = 65536
+"""Words per block when masks are added: 256 KiB of keystream and accumulator stay in cache."""
+
+
 @functools.lru_cache(maxsize=4)
 def _zeros(n_bytes: int) -> bytes:
     """Read-only zero plaintext for the keystream (shared: it holds nothing secret)."""
@@ -128,31 +132,52 @@ def _zeros(n_bytes: int) -> bytes:
 
 
 class MaskStream:
-    """AES-256-CTR keystream as uint32 words, into reusable buffers (no allocation per mask).
+    """AES-256-CTR keystreams of ``n_words`` uint32 words, produced block by block.
 
-    ``words(key)`` returns a view that the next call overwrites; add it into an accumulator
-    straight away.
+    Adding many masks block by block (all keystreams advance together) keeps the accumulator
+    block and the keystream block in cache, so the additions cost little beyond the AES-CTR
+    itself, and no mask is ever materialised in full.
     """
 
-    def __init__(self, n_words: int) -> None:
+    def __init__(self, n_words: int, block: int = MASK_BLOCK) -> None:
         self.n_words = n_words
-        self._zeros = _zeros(4 * n_words)
-        self._out = bytearray(4 * n_words + 15)
-        self._view = np.frombuffer(self._out, dtype="<u4", count=n_words)
+        self.block = max(1, min(block, n_words))
+        self._zeros = memoryview(_zeros(4 * self.block))
+        self._out = bytearray(4 * self.block + 15)
+        self._view = np.frombuffer(self._out, dtype="<u4", count=self.block)
 
-    def words(self, key: bytes) -> np.ndarray:
+    def _spans(self):
+        for start in range(0, self.n_words, self.block):
+            yield start, min(self.block, self.n_words - start)
+
+    def blocks(self, key: bytes):
+        """``(start, words)`` for each block of the mask of ``key``; ``words`` is reused."""
         enc = Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor()
-        enc.update_into(self._zeros, self._out)
-        return self._view
+        for start, n in self._spans():
+            enc.update_into(self._zeros[:4 * n], self._out)
+            yield start, self._view[:n]
+
+    def apply(self, acc: np.ndarray, masks: list[tuple[bytes, int]]) -> None:
+        """``acc += sum(sign * mask(key))`` modulo 2**32, in place, for ``(key, sign)`` pairs."""
+        encs = [(Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor(), sign) for key, sign in masks]
+        out, view = self._out, self._view
+        for start, n in self._spans():
+            zeros, words, target = self._zeros[:4 * n], view[:n], acc[start:start + n]
+            for enc, sign in encs:
+                enc.update_into(zeros, out)
+                if sign > 0:
+                    np.add(target, words, out=target)
+                else:
+                    np.subtract(target, words, out=target)
 
     def add(self, acc: np.ndarray, key: bytes, sign: int = 1) -> None:
         """``acc += sign * mask(key)`` modulo 2**32, in place."""
-        if sign > 0:
-            np.add(acc, self.words(key), out=acc)
-        else:
-            np.subtract(acc, self.words(key), out=acc)
+        self.apply(acc, [(key, sign)])
 
 
 def mask_words(key: bytes, n_words: int) -> np.ndarray:
-    """A fresh copy of the mask for ``key`` (for tests and one-off use)."""
-    return MaskStream(n_words).words(key).copy()
+    """The whole mask for ``key`` as a fresh array (for tests and one-off use)."""
+    out = np.empty(n_words, dtype=np.uint32)
+    for start, words in MaskStream(n_words).blocks(key):
+        out[start:start + len(words)] = words
+    return out

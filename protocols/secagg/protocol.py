@@ -53,6 +53,8 @@ class SecAggResult(AggregateResult):
 
     A client that drops out or is rejected at the ``unmask`` stage already delivered its
     masked input, so it is in ``contributors`` as well as ``dropped`` / ``rejected``.
+    ``dropped`` also lists clients the server left out after key sharing because fewer than
+    ``t`` of their neighbours remained (they could never have been unmasked).
     """
 
     clipped: int = 0

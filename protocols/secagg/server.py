@@ -379,8 +379,7 @@ class SecAggServer:
         self._time("unmask_reconstruct", start)
 
         start = time.perf_counter()
-        acc = self._masked_sum
-        stream = cr.MaskStream(self.length + 1)
+        masks: list[tuple[bytes, int]] = []
         for (owner, kind), chunks in zip(owners, secrets, strict=True):
             raw = shamir.field_to_secret(chunks)
             if kind == B_SHARE:
@@ -388,7 +387,7 @@ class SecAggServer:
                     raise TooFewClients(f"client {owner}'s self-mask seed does not match its "
                                         "commitment: a neighbour sent a wrong share; aborting",
                                         stage="unmask")
-                stream.add(acc, cr.self_mask_key(raw, self.round_id, owner), -1)
+                masks.append((cr.self_mask_key(raw, self.round_id, owner), -1))
                 continue
             s_pk = self._keys[owner].s_pk
             if raw is None or cr.public_bytes(sk := cr.load_private(raw)) != s_pk:
@@ -399,7 +398,12 @@ class SecAggServer:
                     key = cr.pair_mask_key(cr.agree(sk, self._keys[u].s_pk), self.round_id,
                                            u, owner)
                     # u added +mask if u < owner, -mask otherwise: undo it
-                    stream.add(acc, key, -1 if u < owner else 1)
+                    masks.append((key, -1 if u < owner else 1))
+        self._time("unmask_derive_keys", start)
+        start = time.perf_counter()
+        acc = self._masked_sum
+        cr.MaskStream(self.length + 1).apply(acc, masks)
+        self.masks_regenerated = len(masks)
         total = self.codec.decode_sum(acc[:self.length])
         clipped = int(acc[self.length])
         self._time("unmask_remove_masks", start)

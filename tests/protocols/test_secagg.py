@@ -76,6 +76,15 @@ def test_sum_equals_plaintext_within_quantization_bound(n):
     assert res.clipped == 0
 
 
+def test_two_clients_float32_and_a_lone_client():
+    ups = {4: np.array([0.1, 0.2], dtype=np.float32), 9: np.array([0.3, -0.5], dtype=np.float32)}
+    res = _proto().aggregate(0, ups)
+    assert res.contributors == (4, 9) and res.neighbours == 1 and res.threshold == 1
+    np.testing.assert_allclose(res.total, [0.4, -0.3], atol=1e-6)
+    with pytest.raises(TooFewClients, match="min_clients"):
+        _proto().aggregate(0, {0: np.zeros(3)})
+
+
 def test_registry_and_interface():
     proto = create("secagg", {"clip": 2.0, "neighbours": 4, "threshold": 0.5})
     assert isinstance(proto, SecAggPlusProtocol)
