@@ -7,12 +7,15 @@ server reconstruct mask keys), measured in the same run as:
 - the plaintext sum (what the server does without secure aggregation: add ``n`` float64
   vectors), and
 - the PRG floor: ``k`` neighbour masks plus the self mask of ``L + 1`` words with AES-256-CTR
-  (what a client cannot avoid; median of ``min(n, 50)`` runs), and, for the server, one mask
-  per survivor plus one per (dropped, surviving neighbour) pair at the same speed per mask.
+  (what a client cannot avoid; median of ``min(n, 30)`` runs right after each round), and,
+  for the server, one mask per survivor plus one per (dropped, surviving neighbour) pair at
+  the same speed per mask.
 
 Client times are the median over clients (one client's step takes milliseconds, so a busy
 machine's preemptions would dominate a mean); all timings are then the minimum over
-``--repeats`` rounds. ``os.getloadavg()`` is recorded per configuration.
+``--repeats`` rounds, and the client/floor ratio is the median over rounds of each round's
+ratio (floor measured right after the round, so both see the same machine load).
+``os.getloadavg()`` is recorded per configuration.
 
     python bench/secagg.py                  # full grid: n in {10, 100, 200}, L in {1e4, 1e5, 1e6}
     python bench/secagg.py --quick          # n in {10, 100}, L in {1e4, 1e5}
@@ -101,6 +104,7 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     drop = {int(c) for c in rng.choice(n, size=int(round(dropout * n)), replace=False)}
     best: dict[str, float] = {}
     result = None
+    ratios: list[float] = []
     for r in range(repeats):
         proto = SecAggPlusProtocol(SecAggOptions())
         channel = _CountingChannel(drop={"masked_input": drop})
@@ -110,7 +114,10 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
         server_total = sum(v for k, v in t.items() if k.startswith("server_"))
         per_client = {s: t[f"client_{s}_median"]
                       for s in ("advertise_keys", "share_keys", "receive_shares", "mask", "unmask")}
+        floor = prg_floor(length, result.neighbours + 1, samples=min(n, 30))
+        ratios.append(per_client["mask"] / floor)
         sample = {
+            "client_prg_floor_s": floor,
             "client_mask_s": per_client["mask"],
             "client_total_s": sum(per_client.values()),
             "client_share_keys_s": per_client["share_keys"],
@@ -123,8 +130,7 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     expect = np.sum([ups[c] for c in result.contributors], axis=0)
     k = result.neighbours
     survivors = len(result.contributors)
-    client_floor = prg_floor(length, k + 1, samples=min(n, 50))
-    per_mask = client_floor / (k + 1)
+    per_mask = best["client_prg_floor_s"] / (k + 1)
     # masks the server must regenerate: one per survivor, one per (dropped, surviving neighbour)
     graph = neighbour_graph(range(n), k, cr.graph_seed(seed, repeats - 1))
     alive = set(result.contributors)
@@ -141,11 +147,11 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
         "max_abs_error": float(np.abs(result.total - expect).max()),
         "plaintext_sum_s": plaintext_sum(ups, max(3, repeats)),
         "prg_per_mask_s": per_mask,
-        "client_prg_floor_s": client_floor,
         "server_masks": server_masks,
         "server_prg_floor_s": server_masks * per_mask,
         **best,
-        "client_mask_over_floor": best["client_mask_s"] / client_floor,
+        # each round's clients against a floor measured right after it, median over rounds
+        "client_mask_over_floor": float(np.median(ratios)),
         "bytes_per_param_masked": masked_bytes / length,
         # everything one full participant uploads (keys, shares, masked input, unmask shares)
         "bytes_per_param_all_uploads": float(np.median(
@@ -156,20 +162,21 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| n | L | k / t | client mask (ms) | client PRG floor (ms) | mask / floor | client all "
-        "stages (ms) | server unmask (s) | server PRG floor (s) | server total (s) | plaintext "
-        "sum (s) | bytes/param (masked input) | bytes/param (all uploads) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| n | L | k / t | client mask (ms) | client PRG floor (ms) | mask / floor | client, all "
+        "stages (ms) | server unmask (s) | masks regenerated | server PRG floor (s) | server, "
+        "all stages (s) | plaintext sum (s) | max abs error | bytes/param masked input | "
+        "bytes/param all uploads | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['clients']} | {r['length']:.0e} | {r['neighbours']} / {r['threshold']} | "
             f"{1e3 * r['client_mask_s']:.2f} | {1e3 * r['client_prg_floor_s']:.2f} | "
             f"{r['client_mask_over_floor']:.2f} | {1e3 * r['client_total_s']:.2f} | "
-            f"{r['server_unmask_s']:.3f} | {r['server_prg_floor_s']:.3f} | "
+            f"{r['server_unmask_s']:.3f} | {r['server_masks']} | {r['server_prg_floor_s']:.3f} | "
             f"{r['server_total_s']:.3f} | {r['plaintext_sum_s']:.4f} | "
-            f"{r['bytes_per_param_masked']:.3f} | {r['bytes_per_param_all_uploads']:.2f} | "
-            f"{r['loadavg'][0]:.1f} |")
+            f"{r['max_abs_error']:.1e} | {r['bytes_per_param_masked']:.3f} | "
+            f"{r['bytes_per_param_all_uploads']:.2f} | {r['loadavg'][0]:.1f} |")
     return "\n".join(lines)
 
 

@@ -414,12 +414,21 @@ def _metrics(run_dir):
 
 
 def test_training_with_secagg_matches_plaintext(tiny_config, tmp_path):
+    import torch
+
     from ffm_private.simulation import run_training
 
-    cfg = tiny_config.replace(**{"federated.rounds": 2})
-    plain = run_training(cfg.replace(run_dir=str(tmp_path / "plain")), progress=False)
-    secure = run_training(cfg.replace(**{"run_dir": str(tmp_path / "secagg"),
-                                         "protocol.name": "secagg"}), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both runs alike; multi-threaded OpenMP crawls on a busy machine
+    try:
+        cfg = tiny_config.replace(**{"federated.rounds": 2})
+        plain = run_training(cfg.replace(run_dir=str(tmp_path / "plain")), progress=False)
+        backbone = str(tmp_path / "plain" / "checkpoints" / "backbone.npz")  # not retrained
+        secure = run_training(cfg.replace(**{"run_dir": str(tmp_path / "secagg"),
+                                             "pretrain.checkpoint": backbone,
+                                             "protocol.name": "secagg"}), progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert "only the sum" in secure["protocol"]
     for a, b in zip(_metrics(tmp_path / "plain"), _metrics(tmp_path / "secagg"), strict=True):
         assert a["contributors"] == b["contributors"]
