@@ -90,7 +90,7 @@ class FixedPointCodec:
         # reused temporary: this runs on every client's critical path in secure aggregation
         factor = self.scale * 2.0**32
         limit = self.clip * factor
-        block = min(x.shape[0], _BLOCK)
+        block = max(1, min(x.shape[0], _BLOCK))
         v = np.empty(block, dtype=np.float64)
         for start in range(0, x.shape[0], block):
             n = min(block, x.shape[0] - start)

@@ -197,6 +197,8 @@ class SecAggClient:
         acc = np.empty(n + 1, dtype=np.uint32)
         for start, words in stream.blocks(self._rounding_key):
             stop = min(start + len(words), n)
+            if stop <= start:
+                break  # the last word is the clipped count, not a coordinate
             self._codec.encode_words(self._update[start:stop], words[:stop - start],
                                      out=acc[start:stop])
         self.clipped = self._codec.count_clipped(self._update)

@@ -117,6 +117,12 @@ def test_clipping_is_counted_and_bounded():
     assert np.abs(res.total - expected).max() <= codec.error_bound(6)
 
 
+@pytest.mark.parametrize("length", [1, 65535, 65536, 65537, 140_000])
+def test_lengths_around_the_mask_block(length):
+    ups = updates(4, length, seed=length)
+    _check_sum(_proto().aggregate(1, ups), ups)
+
+
 def test_bytes_per_parameter_on_the_wire():
     length = 10_000
     channel = RecordingChannel()
@@ -323,6 +329,21 @@ def test_clients_check_what_the_server_sends():
     few = UnmaskRequest([2], [0, 3]).encode(1, 1)
     with pytest.raises(TooFewClients):
         clients[1].unmask(few)
+
+
+def test_a_wrong_unmasking_share_aborts_instead_of_a_wrong_sum(monkeypatch):
+    """A client that sends a wrong (but well-formed and authenticated) share: the
+    reconstructed seed fails its commitment and the round aborts."""
+    real_unmask = SecAggClient.unmask
+
+    def lying_unmask(self, request):
+        if self.id == 0:
+            self._held = {j: (b + 1, sk) for j, (b, sk) in self._held.items()}
+        return real_unmask(self, request)
+
+    monkeypatch.setattr(SecAggClient, "unmask", lying_unmask)
+    with pytest.raises(TooFewClients, match="does not match its commitment"):
+        _proto().aggregate(1, updates(5, 10))
 
 
 # -- what the server sees ---------------------------------------------------------------------
