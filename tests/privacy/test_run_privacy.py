@@ -18,6 +18,7 @@ from ffm_private.privacy.errors import (
 )
 from ffm_private.privacy.mechanisms import NoiseSource
 from ffm_private.privacy.run import RunPrivacy
+from ffm_private.server import Server
 from ffm_private.simulation import Simulation, run_training
 from ffm_private.storage import load_arrays
 
@@ -203,3 +204,42 @@ def test_claims_that_cannot_hold_are_refused(tiny_config):
         tiny_config.replace(**{"privacy": {"mode": "user"}})
     with pytest.raises(ConfigError, match="unknown key privacy.epsilon"):
         tiny_config.replace(**{"privacy": {"mode": "user", "epsilon": 1.0}})
+
+
+DISTRIBUTED = {"noise_placement": "distributed", "min_survivors": 10}
+
+
+def test_distributed_noise_through_secagg_charges_participations(tiny_config, tmp_path,
+                                                                 monkeypatch):
+    """Participation charging with digests, and a crash between charge and aggregation."""
+    cfg = _dp_config(tiny_config, noise_seed=-1, **DISTRIBUTED).replace(**{
+        "protocol.name": "secagg", "protocol.options": {"clip": 4.0}})
+    original = Server.aggregate
+
+    def crash_in_round_2(self, round_id, updates, **kwargs):
+        if round_id == 2:  # every sampled client was charged; the process dies before the sum
+            raise KeyboardInterrupt
+        return original(self, round_id, updates, **kwargs)
+
+    monkeypatch.setattr(Server, "aggregate", crash_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, progress=False)
+    monkeypatch.undo()
+    charged = _spends(Path(cfg.run_dir))
+    assert any(r == 2 for _, r, _, _ in charged)  # round 2 was charged before the crash
+    summary = run_training(cfg, resume=True, progress=False)  # same digests: no conflict
+    spends = _spends(Path(cfg.run_dir))
+    assert set(charged) <= set(spends)  # nothing recorded before the crash was lost
+    rows = _metrics(Path(cfg.run_dir))
+    # Participation basis: exactly the contributors of each round were charged, once.
+    for row in rows:
+        assert sum(1 for _, r, _, _ in spends if r == row["round"]) == row["contributors"]
+    assert "User-level differential privacy against the server" in summary["privacy"]
+    assert "at least 10 surviving clients" in summary["privacy"]
+
+
+def test_distributed_noise_needs_the_protocol_to_abort_below_min_survivors(tiny_config):
+    cfg = _dp_config(tiny_config, **DISTRIBUTED).replace(**{
+        "protocol.name": "secagg", "protocol.options": {"min_clients": 3}})
+    with pytest.raises(ConfigError, match="below privacy.min_survivors"):
+        Simulation(cfg, progress=False)
