@@ -116,7 +116,10 @@ class Simulation:
             cfg.privacy, self.run_dir, user_ids=self.user_ids(), rounds=cfg.federated.rounds,
             client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
             resume=resuming)
-        self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
+        try:
+            self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
+        except ValueError as err:  # options are checked by the protocol that reads them
+            raise config_mod.ConfigError(f"[protocol] {err}") from err
         atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
         if self.privacy is not None:
             self.privacy.start()
