@@ -38,7 +38,8 @@ class HEParams:
             positive even if the noise of every summand adds up in the worst case; CKKS:
             the range the error bound was calibrated for.
         fresh_error: CKKS only: bound on the per-coordinate error of one fresh encryption
-            (four times the largest error measured over 819,200 coordinates, see docs/he.md).
+            (about three times the largest error measured over 400 encryptions, 0.8 to 3.3
+            million coordinates; ``python bench/he.py --precision``, docs/he.md).
         max_abs_sum: CKKS only: largest magnitude of any coordinate of the sum that decrypts
             correctly (the sum times the scale must stay below half the data modulus).
         noise_budget_bits: BFV only: invariant noise budget of a fresh ciphertext (measured
@@ -113,6 +114,9 @@ PRESETS: dict[str, HEParams] = {
     )
 }
 
+#: BFV is the default scheme: exact, smallest, and its decryption reveals nothing beyond the
+#: sum; a CKKS decryption handed to the server that computed the ciphertext is exposed to
+#: key recovery (Li and Micciancio, Eurocrypt 2021; see docs/he.md).
 DEFAULT_PRESET = {CKKS: "ckks-8192", BFV: "bfv-4096"}
 
 #: Default per-coordinate clipping bound of the BFV fixed-point codec.
@@ -153,7 +157,7 @@ def parse_options(options: Mapping[str, Any]) -> HEOptions:
     if scheme is not None and scheme not in SCHEMES:
         raise ValueError(f"protocol.options.scheme must be one of {list(SCHEMES)}, got {scheme!r}")
     if preset is None:
-        preset = DEFAULT_PRESET[scheme or CKKS]
+        preset = DEFAULT_PRESET[scheme or BFV]
     if preset not in PRESETS:
         raise ValueError(f"protocol.options.preset must be one of {sorted(PRESETS)}, got {preset!r}")
     params = PRESETS[preset]

@@ -303,7 +303,7 @@ def test_too_few_clients_and_key_holder_failures_abort(bfv):
     ({"scheme": "paillier"}, "scheme must be one of"),
     ({"preset": "ckks-1024"}, "preset must be one of"),
     ({"scheme": "bfv", "preset": "ckks-8192"}, "is a ckks preset"),
-    ({"clip": 1.0}, "BFV only"),
+    ({"scheme": "ckks", "clip": 1.0}, "BFV only"),
     ({"scheme": "ckks", "max_clients": 10}, "BFV only"),
     ({"scheme": "bfv", "clip": -1.0}, "clip must be a positive"),
     ({"scheme": "bfv", "clip": "1"}, "clip must be a positive"),
@@ -320,8 +320,8 @@ def test_options_are_validated(options, match):
 
 def test_defaults_and_describe():
     opts = parse_options({})
-    assert opts.params.name == "ckks-8192" and opts.min_clients == 1
-    assert parse_options({"scheme": "bfv"}).params.name == "bfv-4096"
+    assert opts.params.name == "bfv-4096" and opts.min_clients == 1 and opts.clip == 1.0
+    assert parse_options({"scheme": "ckks"}).params.name == "ckks-8192"
     assert "only the sum" in create("he").describe()
     with pytest.raises(ValueError, match="empty"):
         create("he").aggregate(0, {0: np.zeros(0)})
@@ -352,3 +352,29 @@ def test_core_imports_without_tenseal():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_composes_with_distributed_dp_noise():
+    """Clients clip to C and add their noise share before encrypting; BFV's clip covers both."""
+    import warnings
+
+    from ffm_private.privacy.mechanisms import (
+        add_distributed_noise,
+        clip_to_norm,
+        distributed_noise_std,
+    )
+
+    n, sigma, c = 10, 1.0, 1.0
+    share = distributed_noise_std(sigma, c, n)
+    clip = c + 6 * share  # docs/he.md: the range the fixed point must cover
+    proto = create("he", {"scheme": "bfv", "clip": clip})
+    rng = np.random.default_rng(3)
+    raw = _updates(n, 400, seed=11, scale=0.5)
+    noisy = {cid: add_distributed_noise(clip_to_norm(u, c), sigma, c, n, rng)
+             for cid, u in raw.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may be clipped by the codec
+        res = proto.aggregate(0, noisy, seed=2)
+    exact, codec = _fixed_point_oracle(proto, noisy, 0, 2)
+    np.testing.assert_array_equal(res.total, exact)
+    assert codec.error_bound(n) < 1e-6 * share
