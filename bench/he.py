@@ -29,7 +29,7 @@ import tenseal as ts
 from tqdm.auto import tqdm
 
 from protocols.he import HEProtocol, parse_options, wire
-from protocols.he.codec import native_vector_type
+from protocols.he.codec import fixed_point, native_vector_type
 from protocols.he.params import CKKS, PRESETS
 
 
@@ -84,8 +84,7 @@ def bench_one(preset: str, length: int, n: int, distinct: int, seed: int = 0) ->
         with enc_p:
             msg = client.encrypt_update(rnd, i, xs[i], codec=codec, rng=np.random.default_rng(seq))
         fresh_msgs.append(msg)
-        values = xs[i] if codec is None else codec.encode(
-            xs[i], np.random.default_rng(seq)).astype(np.int64)
+        values = xs[i] if codec is None else fixed_point(codec, xs[i], np.random.default_rng(seq))
         raw_values.append(values)
         parts = _split(values, lengths)
         with enc_r:

@@ -10,7 +10,7 @@ import numpy as np
 
 from protocols.errors import DuplicateMessage, WrongLength
 from protocols.he import wire
-from protocols.he.codec import duplicate_key, encrypt_chunks, load_chunk
+from protocols.he.codec import duplicate_key, encrypt_chunks, fixed_point, load_chunk
 from protocols.he.keys import KEY_HOLDER, PublicContext
 from protocols.he.params import CKKS
 from protocols.quantize import FixedPointCodec
@@ -36,7 +36,7 @@ class HEClient:
         else:
             if codec is None or rng is None:
                 raise ValueError("BFV encryption needs the round's fixed-point codec and an rng")
-            values, scale = codec.encode(update, rng).astype(np.int64), codec.scale
+            values, scale = fixed_point(codec, update, rng), codec.scale
         chunks = encrypt_chunks(self.public.context, params, values)
         return wire.encode(wire.UPDATE, scheme=params.scheme, round_id=round_id,
                            party=client_id, length=len(update), scale=scale,

@@ -30,8 +30,9 @@ from protocols.he import (
     parse_options,
     wire,
 )
-from protocols.he.codec import encrypt_chunks
+from protocols.he.codec import encrypt_chunks, fixed_point
 from protocols.he.parties import HEClient, HEServer
+from protocols.quantize import FixedPointCodec
 
 STAGE = "encrypted_update"
 
@@ -87,6 +88,17 @@ def test_bfv_sum_is_exact_in_fixed_point(bfv, n):
     np.testing.assert_array_equal(res.total, exact)
     expected = np.sum([ups[c] for c in sorted(ups)], axis=0)
     assert np.abs(res.total - expected).max() <= codec.error_bound(n)
+
+
+@pytest.mark.parametrize("clip, n", [(1.0, 2), (0.01, 50), (37.5, 1000)])
+def test_fast_fixed_point_matches_the_shared_codec(clip, n):
+    codec = FixedPointCodec(clip=clip, max_clients=n, modulus=PRESETS["bfv-4096"].plain_modulus)
+    x = np.random.default_rng(n).uniform(-2 * clip, 2 * clip, size=5000)
+    x[:2] = [clip, -clip]
+    fast = fixed_point(codec, x, np.random.default_rng(9))
+    assert fast.dtype == np.int64
+    np.testing.assert_array_equal(np.mod(fast, codec.modulus).astype(np.uint64),
+                                  codec.encode(x, np.random.default_rng(9)))
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
