@@ -2,7 +2,7 @@
 
 For each preset, vector length L and client count n, times the three phases of a round,
 encrypt (per client), aggregate (the server's parse, checks and additions over n clients) and
-decrypt (the key holder's, once), for the protocol's parties and for the same work done with
+decrypt (the key holder's, once; per-client phases use the median client, times n), for the protocol's parties and for the same work done with
 plain TenSEAL calls (``ts.ckks_vector``/``ts.bfv_vector``, ``serialize``, ``*_vector_from``,
 ``+=``, ``decrypt``), and reports bytes per parameter and the overhead ratio.
 
@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import time
 
 import numpy as np
@@ -38,15 +39,21 @@ def _split(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
 
 
 class _Clock:
+    """Collects one duration per use; the median resists load spikes on a shared machine."""
+
     def __init__(self) -> None:
-        self.s = 0.0
+        self.times: list[float] = []
 
     def __enter__(self):
         self._t = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        self.s += time.perf_counter() - self._t
+        self.times.append(time.perf_counter() - self._t)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
 
 
 def bench_one(preset: str, length: int, n: int, distinct: int, seed: int = 0) -> dict:
@@ -155,12 +162,14 @@ def bench_one(preset: str, length: int, n: int, distinct: int, seed: int = 0) ->
             raise AssertionError(f"{name} sum off by {err:.3g} (bound {bound:.3g})")
     row = {"preset": preset, "L": length, "n": n, "distinct": k,
            "bytes_per_param": bytes_p / length, "raw_bytes_per_param": bytes_r / length,
-           "encrypt_s": enc_p.s / k, "raw_encrypt_s": enc_r.s / k, "native_encrypt_s": enc_n.s / k,
-           "aggregate_s": agg_p.s, "raw_aggregate_s": agg_r.s,
-           "decrypt_s": dec_p.s, "raw_decrypt_s": dec_r.s}
-    row["round_s"] = n * row["encrypt_s"] + agg_p.s + dec_p.s
-    row["raw_round_s"] = n * row["raw_encrypt_s"] + agg_r.s + dec_r.s
-    row["native_round_s"] = n * row["native_encrypt_s"] + agg_r.s + dec_r.s
+           "encrypt_s": enc_p.median, "raw_encrypt_s": enc_r.median,
+           "native_encrypt_s": enc_n.median,
+           "aggregate_s": n * agg_p.median, "raw_aggregate_s": n * agg_r.median,
+           "decrypt_s": dec_p.median, "raw_decrypt_s": dec_r.median}
+    agg, raw_agg = row["aggregate_s"], row["raw_aggregate_s"]
+    row["round_s"] = n * row["encrypt_s"] + agg + row["decrypt_s"]
+    row["raw_round_s"] = n * row["raw_encrypt_s"] + raw_agg + row["raw_decrypt_s"]
+    row["native_round_s"] = n * row["native_encrypt_s"] + raw_agg + row["raw_decrypt_s"]
     row["ratio"] = row["round_s"] / row["raw_round_s"]
     row["ratio_native"] = row["round_s"] / row["native_round_s"]
     return row

@@ -40,8 +40,10 @@ class HEParams:
         fresh_error: CKKS only: bound on the per-coordinate error of one fresh encryption
             (about three times the largest error measured over 400 encryptions, 0.8 to 3.3
             million coordinates; ``python bench/he.py --precision``, docs/he.md).
-        max_abs_sum: CKKS only: largest magnitude of any coordinate of the sum that decrypts
-            correctly (the sum times the scale must stay below half the data modulus).
+        max_abs_sum: CKKS only: largest magnitude of any coordinate of the sum for which
+            ``fresh_error`` holds: the sum times the scale must stay below half the data
+            modulus (ckks-4096), and within float64's 53 bits of the scaled value (beyond about
+            2^25 the encoding's rounding exceeds the bound).
         noise_budget_bits: BFV only: invariant noise budget of a fresh ciphertext (measured
             with SEAL, documentation only).
     """
@@ -99,11 +101,11 @@ PRESETS: dict[str, HEParams] = {
                  fresh_error=2e-8, max_abs_sum=2.0**17,
                  description="aggregation only: one 60-bit data prime; the smallest CKKS"),
         HEParams("ckks-8192", CKKS, 8192, (60, 40, 40, 60), scale_bits=40,
-                 max_summands=100_000, fresh_error=5e-8, max_abs_sum=2.0**40,
+                 max_summands=100_000, fresh_error=5e-8, max_abs_sum=2.0**20,
                  description="TenSEAL's tutorial parameters; room for two plaintext "
                              "multiplications"),
         HEParams("ckks-16384", CKKS, 16384, (60, 40, 40, 40, 40, 60), scale_bits=40,
-                 max_summands=100_000, fresh_error=1e-7, max_abs_sum=2.0**40,
+                 max_summands=100_000, fresh_error=1e-7, max_abs_sum=2.0**20,
                  description="larger ring: 8192 values per ciphertext, four levels"),
         HEParams("bfv-4096", BFV, 4096, (60, 49), plain_modulus=8589852673,
                  max_summands=10_000, noise_budget_bits=20,

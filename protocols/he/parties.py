@@ -6,6 +6,8 @@ context cannot decrypt.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from protocols.errors import DuplicateMessage, WrongLength
@@ -66,7 +68,7 @@ class RoundSum:
 
     def add(self, client_id: int, payload: bytes) -> None:
         """Check and add one client's message; raise a typed error naming the client."""
-        expect = wire.Expect(**{**self.expect.__dict__, "party": client_id})
+        expect = dataclasses.replace(self.expect, party=client_id)
         frame = wire.decode(payload, expect, client_id=client_id, stage=self.stage)
         keys = [duplicate_key(c, crc) for c, crc in zip(frame.chunks, frame.crcs, strict=True)]
         for i, key in enumerate(keys):

@@ -3,6 +3,7 @@
 Vectors stay small (a few ciphertexts) so the file runs in seconds.
 """
 
+import dataclasses
 import subprocess
 import sys
 
@@ -153,7 +154,7 @@ def test_server_and_clients_hold_no_secret_key(ckks):
         round_sum._sum[0].decrypt()
     # nor can a vector loaded from a client's bytes
     chunk = wire.decode(ckks.client.encrypt_update(0, 1, np.ones(4)),
-                        round_sum.expect.__class__(**{**round_sum.expect.__dict__, "party": 1}),
+                        dataclasses.replace(round_sum.expect, party=1),
                         client_id=1, stage=STAGE).chunks[0]
     with pytest.raises(ValueError, match="secret"):
         ts.ckks_vector_from(ckks.server.public.context, chunk).decrypt()
