@@ -92,6 +92,9 @@ class HEProtocol(AggregationProtocol):
         params, n = self.params, len(updates)
         if length == 0:
             raise ValueError("he cannot encrypt empty update vectors")
+        if ids[0] < 0:
+            raise ValueError(f"client ids must be >= 0 (party {KEY_HOLDER} is the key holder), "
+                             f"got {ids[0]}")
         if n > params.max_summands:
             raise ValueError(f"{n} clients exceed the {params.max_summands} summands preset "
                              f"{params.name!r} supports")

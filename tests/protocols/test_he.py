@@ -338,6 +338,8 @@ def test_defaults_and_describe():
     assert "only the sum" in create("he").describe()
     with pytest.raises(ValueError, match="empty"):
         create("he").aggregate(0, {0: np.zeros(0)})
+    with pytest.raises(ValueError, match="key holder"):
+        create("he").aggregate(0, {-1: np.zeros(2), 0: np.zeros(2)})
 
 
 def test_presets_plain_moduli_allow_batching():
