@@ -8,6 +8,8 @@ constructors from Python lists: the public ``ts.ckks_vector``/``ts.bfv_vector`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tenseal as ts
 
@@ -40,18 +42,26 @@ def native_vector_type(params: HEParams) -> type:
     return _native.CKKSVector if params.scheme == CKKS else _native.BFVVector
 
 
-def encrypt_chunks(context: ts.Context, params: HEParams, values: np.ndarray) -> list[bytes]:
-    """Encrypt a flat vector (floats for CKKS, residues mod t for BFV), one chunk per ciphertext.
+def encrypt_chunks(context: ts.Context, params: HEParams, values: np.ndarray,
+                   encode: Callable[[np.ndarray], np.ndarray] | None = None) -> list[bytes]:
+    """Encrypt a flat vector, one chunk per ciphertext; return the serialized chunks.
 
-    Returns the serialized chunks (TenSEAL refuses to encrypt an empty vector).
+    ``values`` are floats (CKKS) or integers (BFV, reduced modulo t by TenSEAL). ``encode``
+    maps each chunk before encryption (BFV: the fixed-point encoding); applying it chunk by
+    chunk keeps its passes in cache and, since NumPy's generator yields the same stream in
+    pieces as at once, gives the same integers as encoding the whole vector.
+    TenSEAL refuses to encrypt an empty vector.
     """
     vector_type = native_vector_type(params)
-    values = np.asarray(values, dtype=np.float64 if params.scheme == CKKS else np.int64)
+    if encode is None:
+        values = np.asarray(values, dtype=np.float64 if params.scheme == CKKS else np.int64)
     out, start = [], 0
     for size in params.chunk_lengths(values.shape[0]):
-        chunk = values[start:start + size].tolist()
+        part = values[start:start + size]
         start += size
-        out.append(vector_type(context.data, chunk).serialize())
+        if encode is not None:
+            part = encode(part)
+        out.append(vector_type(context.data, part.tolist()).serialize())
     return out
 
 

@@ -33,13 +33,16 @@ class HEClient:
         unbiased).
         """
         params = self.public.params
+        update = np.asarray(update, dtype=np.float64)
         if params.scheme == CKKS:
-            values, scale = update, params.scale
+            chunks = encrypt_chunks(self.public.context, params, update)
+            scale = params.scale
         else:
             if codec is None or rng is None:
                 raise ValueError("BFV encryption needs the round's fixed-point codec and an rng")
-            values, scale = fixed_point(codec, update, rng), codec.scale
-        chunks = encrypt_chunks(self.public.context, params, values)
+            chunks = encrypt_chunks(self.public.context, params, update,
+                                    encode=lambda part: fixed_point(codec, part, rng))
+            scale = codec.scale
         return wire.encode(wire.UPDATE, scheme=params.scheme, round_id=round_id,
                            party=client_id, length=len(update), scale=scale,
                            fingerprint=self.public.fingerprint, chunks=chunks)
