@@ -32,7 +32,7 @@ import tenseal as ts
 from tqdm.auto import tqdm
 
 from protocols.he import HEProtocol, parse_options, wire
-from protocols.he.codec import fixed_point, native_vector_type
+from protocols.he.codec import encode_fixed_point, native_vector_type
 from protocols.he.params import CKKS, PRESETS
 
 
@@ -91,7 +91,8 @@ def bench_one(preset: str, length: int, n: int, distinct: int, repeats: int = 1,
     fresh_msgs, fresh_raw, raw_values = [], [], []
     for i in range(k):
         seq = np.random.SeedSequence([seed, rnd, i])
-        values = xs[i] if codec is None else fixed_point(codec, xs[i], np.random.default_rng(seq))
+        values = xs[i] if codec is None else encode_fixed_point(codec, xs[i],
+                                                                np.random.default_rng(seq))
         raw_values.append(values)
         parts = _split(values, lengths)
         out: dict[str, object] = {}

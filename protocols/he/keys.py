@@ -134,14 +134,14 @@ class KeyHolder:
             raise TooFewClients(f"aggregate of {frame.party} clients; the key holder decrypts "
                                 f"only sums of at least {self.min_contributors}", stage=stage)
         lengths = params.chunk_lengths(frame.length)
-        if len(frame.chunks) != len(lengths):
-            raise WrongLength(f"{len(frame.chunks)} chunks for {frame.length} values, expected "
+        if frame.n_chunks != len(lengths):
+            raise WrongLength(f"{frame.n_chunks} chunks for {frame.length} values, expected "
                               f"{len(lengths)}", **where)
         if round_id in self._decrypted_rounds:
             raise ReplayedMessage(f"an aggregate for round {round_id} was already decrypted",
                                   **where)
-        vectors = [load_chunk(self._context, params, chunk, size, index=i, **where)
-                   for i, (chunk, size) in enumerate(zip(frame.chunks, lengths, strict=True))]
+        vectors = [load_chunk(self._context, params, frame.chunk(i), size, index=i, **where)
+                   for i, size in enumerate(lengths)]
         self._decrypted_rounds.add(round_id)
         if params.scheme == CKKS:
             total = np.concatenate([np.asarray(v.decrypt(), dtype="<f8") for v in vectors])

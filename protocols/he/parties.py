@@ -12,7 +12,7 @@ import numpy as np
 
 from protocols.errors import DuplicateMessage, WrongLength
 from protocols.he import wire
-from protocols.he.codec import duplicate_key, encrypt_chunks, fixed_point, load_chunk
+from protocols.he.codec import duplicate_key, encode_fixed_point, encrypt_chunks, load_chunk
 from protocols.he.keys import KEY_HOLDER, PublicContext
 from protocols.he.params import CKKS
 from protocols.quantize import FixedPointCodec
@@ -40,8 +40,8 @@ class HEClient:
         else:
             if codec is None or rng is None:
                 raise ValueError("BFV encryption needs the round's fixed-point codec and an rng")
-            chunks = encrypt_chunks(self.public.context, params, update,
-                                    encode=lambda part: fixed_point(codec, part, rng))
+            chunks = encrypt_chunks(self.public.context, params,
+                                    encode_fixed_point(codec, update, rng))
             scale = codec.scale
         return wire.encode(wire.UPDATE, scheme=params.scheme, round_id=round_id,
                            party=client_id, length=len(update), scale=scale,
@@ -73,16 +73,18 @@ class RoundSum:
         """Check and add one client's message; raise a typed error naming the client."""
         expect = dataclasses.replace(self.expect, party=client_id)
         frame = wire.decode(payload, expect, client_id=client_id, stage=self.stage)
-        keys = [duplicate_key(c, crc) for c, crc in zip(frame.chunks, frame.crcs, strict=True)]
-        for i, key in enumerate(keys):
+        context, params = self.public.context, self.public.params
+        keys, vectors = [], []
+        for i, size in enumerate(self.lengths):  # checksum, copy and parse, one chunk at a time
+            chunk = frame.chunk(i)
+            key = duplicate_key(chunk, frame.crcs[i])
             first = self._seen.get(key)
             if first is not None:
                 raise DuplicateMessage(f"chunk {i} repeats a ciphertext already received from "
                                        f"client {first}", client_id=client_id, stage=self.stage)
-        context, params = self.public.context, self.public.params
-        vectors = [load_chunk(context, params, chunk, size, client_id=client_id,
-                              stage=self.stage, index=i)
-                   for i, (chunk, size) in enumerate(zip(frame.chunks, self.lengths, strict=True))]
+            keys.append(key)
+            vectors.append(load_chunk(context, params, chunk, size, client_id=client_id,
+                                      stage=self.stage, index=i))
         if self._sum is None:
             self._sum = vectors
         else:
@@ -108,8 +110,12 @@ class RoundSum:
         expect = wire.Expect(wire.SUM, e.scheme, self.round_id, e.length, 1, e.scale,
                              e.fingerprint, party=len(self.contributors))
         frame = wire.decode(payload, expect, client_id=KEY_HOLDER, stage=stage)
+        body = frame.chunk(0)
         dtype = "<f8" if e.scheme == CKKS else "<u8"
-        values = np.frombuffer(frame.chunks[0], dtype=dtype)
+        if len(body) % 8:
+            raise WrongLength(f"decrypted sum of {len(body)} bytes is not a whole number of "
+                              "8-byte values", client_id=KEY_HOLDER, stage=stage)
+        values = np.frombuffer(body, dtype=dtype)
         if values.shape[0] != e.length:
             raise WrongLength(f"decrypted sum has {values.shape[0]} values, expected {e.length}",
                               client_id=KEY_HOLDER, stage=stage)

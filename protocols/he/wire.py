@@ -66,14 +66,39 @@ class Expect:
 
 @dataclass(frozen=True)
 class Frame:
-    """A parsed, checked frame: the chunk bodies and, for an aggregate, its contributors."""
+    """A parsed frame whose header and table are checked; chunk checksums are checked on access.
+
+    :meth:`chunk` copies one body out of the payload and verifies its CRC right before the
+    caller parses it, so each ciphertext passes through the cache once instead of twice
+    (checking every CRC first, then parsing, read a whole multi-megabyte message twice).
+    """
 
     party: int
     length: int
     scale: float
-    chunks: list[bytes]
     crcs: list[int]
-    contributors: tuple[int, ...] = ()
+    contributors: tuple[int, ...]
+    _payload: bytes
+    _spans: list[tuple[int, int]]
+    _where: dict
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._spans)
+
+    def chunk(self, i: int) -> bytes:
+        """Body ``i``, after its checksum matched (``TamperedMessage`` otherwise)."""
+        start, size = self._spans[i]
+        body = self._payload[start:start + size]
+        if zlib.crc32(body) != self.crcs[i]:
+            raise TamperedMessage(f"chunk {i} checksum mismatch: the ciphertext was corrupted "
+                                  "in transit", **self._where)
+        return body
+
+    @property
+    def chunks(self) -> list[bytes]:
+        """Every body, checked."""
+        return [self.chunk(i) for i in range(self.n_chunks)]
 
 
 def encode(kind: int, *, scheme: str, round_id: int, party: int, length: int, scale: float,
@@ -91,8 +116,9 @@ def encode(kind: int, *, scheme: str, round_id: int, party: int, length: int, sc
 def decode(payload: bytes, expect: Expect, *, client_id: int | None, stage: str) -> Frame:
     """Parse and check a frame; raise the typed error naming ``client_id`` and ``stage``.
 
-    Checks run from the cheapest to the most expensive, and everything that can be checked on
-    the header is checked before any chunk is touched.
+    Checks run from the cheapest to the most expensive: everything that can be checked on the
+    header and the table is checked here, before any chunk is touched; each chunk's checksum
+    when it is read (:meth:`Frame.chunk`).
     """
     where = {"client_id": client_id, "stage": stage}
     if len(payload) < HEADER_SIZE:
@@ -148,15 +174,11 @@ def decode(payload: bytes, expect: Expect, *, client_id: int | None, stage: str)
     if len(payload) != total:
         raise WrongLength(f"message is {len(payload)} bytes, its table announces {total}",
                           **where)
-    chunks, crcs, offset = [], [], extra_end
-    for i, (size, chunk_crc) in enumerate(entries):
-        chunk = payload[offset:offset + size]
-        if zlib.crc32(chunk) != chunk_crc:
-            raise TamperedMessage(f"chunk {i} checksum mismatch: the ciphertext was corrupted "
-                                  "in transit", **where)
-        chunks.append(chunk)
-        crcs.append(chunk_crc)
+    spans, offset = [], extra_end
+    for size, _ in entries:
+        spans.append((offset, size))
         offset += size
     contributors = tuple(_ID.unpack_from(payload, table_end + _ID.size * i)[0]
                          for i in range(n_extra))
-    return Frame(party=party, length=length, scale=scale, chunks=chunks, crcs=crcs, contributors=contributors)
+    return Frame(party=party, length=length, scale=scale, crcs=[crc for _, crc in entries],
+                 contributors=contributors, _payload=payload, _spans=spans, _where=where)

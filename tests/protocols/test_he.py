@@ -31,7 +31,7 @@ from protocols.he import (
     parse_options,
     wire,
 )
-from protocols.he.codec import encrypt_chunks, fixed_point
+from protocols.he.codec import encode_fixed_point, encrypt_chunks, fixed_point
 from protocols.he.parties import HEClient, HEServer
 from protocols.quantize import FixedPointCodec
 
@@ -96,10 +96,11 @@ def test_fast_fixed_point_matches_the_shared_codec(clip, n):
     codec = FixedPointCodec(clip=clip, max_clients=n, modulus=PRESETS["bfv-4096"].plain_modulus)
     x = np.random.default_rng(n).uniform(-2 * clip, 2 * clip, size=5000)
     x[:2] = [clip, -clip]
-    fast = fixed_point(codec, x, np.random.default_rng(9))
-    assert fast.dtype == np.int64
-    np.testing.assert_array_equal(np.mod(fast, codec.modulus).astype(np.uint64),
-                                  codec.encode(x, np.random.default_rng(9)))
+    reference = codec.encode(x, np.random.default_rng(9))
+    for fast in (fixed_point(codec, x, np.random.default_rng(9)),
+                 encode_fixed_point(codec, x, np.random.default_rng(9), block=777)):
+        assert fast.dtype == np.int64
+        np.testing.assert_array_equal(np.mod(fast, codec.modulus).astype(np.uint64), reference)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
