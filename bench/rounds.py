@@ -1,15 +1,18 @@
-"""Time one federated round per client count, and the process's peak memory.
+"""Time one federated round per client count, with and without DP, and peak memory.
 
 Uses the synthetic dataset in MovieLens-100K's shape (943 users, 1682 items, ~100k
 interactions) and the default FFM model, in-process with the plaintext protocol.
+``--privacy user`` adds user-level DP-FedAvg (central noise, epsilon 4 over 100 rounds):
+eligibility charges of every user in the durable ledger, clipping and noise.
 
-    python bench/rounds.py --clients 100 943 --repeats 3
+    python bench/rounds.py --clients 100 943 --privacy none user --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -19,6 +22,11 @@ import torch
 
 from ffm_private.config import Config
 
+PRIVACY = {
+    "none": {},
+    "user": {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5},
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -26,17 +34,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 943])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="ffm", choices=["ffm", "fedmf"])
+    parser.add_argument("--privacy", nargs="+", default=["none"], choices=sorted(PRIVACY))
     args = parser.parse_args()
 
     from ffm_private.simulation import Simulation
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.clients:
-            cfg = Config(run_dir=f"{tmp}/run-{n}").replace(**{
+        for n, privacy in ((n, p) for n in args.clients for p in args.privacy):
+            cfg = Config(run_dir=f"{tmp}/run-{n}-{privacy}").replace(**{
                 "data.synthetic_preset": "ml100k", "data.path": f"{tmp}/data",
                 "federated.client_fraction": n / 943, "model.kind": args.model,
-                "pretrain.epochs": 2})
+                "federated.rounds": 100, "pretrain.epochs": 2, "privacy": PRIVACY[privacy]})
             sim = Simulation(cfg, progress=False)
             state = sim.initial_state()
             times = []
@@ -48,17 +57,20 @@ def main() -> None:
             sim.evaluate(state)
             eval_s = time.perf_counter() - start
             rows.append({
-                "clients": n, "round_s": statistics.median(times),
+                "clients": n, "privacy": privacy, "load": os.getloadavg()[0],
+                "round_s": statistics.median(times),
                 "per_client_ms": 1000 * statistics.median(times) / n, "eval_s": eval_s,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "shared_params": sim.spec.size,
             })
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}")
-    print("| clients | round (s) | per client (ms) | full evaluation (s) | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print("| clients | privacy | round (s) | per client (ms) | full evaluation (s) | "
+          "peak RSS (MB) | load |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['round_s']:.2f} | {r['per_client_ms']:.1f} | "
-              f"{r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['clients']} | {r['privacy']} | {r['round_s']:.2f} | "
+              f"{r['per_client_ms']:.1f} | {r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['load']:.1f} |")
     print(json.dumps(rows))
 
 

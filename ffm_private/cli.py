@@ -22,6 +22,9 @@ examples:
   ffm-private evaluate --run runs/quickstart
   ffm-private pretrain --config run.toml --out backbone.npz
   ffm-private config                                  # every config field, default and meaning
+  ffm-private budget --epsilon 1 4 8 --rounds 100 --client-rate 0.1   # plan a DP budget
+  ffm-private train --set privacy.mode=user --set privacy.target_epsilon=4 \
+      --set federated.client_fraction=0.1            # user-level DP-FedAvg
 """
 
 
@@ -121,11 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
+
+    from ffm_private.privacy.planner import add_budget_command
+
+    add_budget_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from ffm_private.data import DataError
+    from ffm_private.privacy.errors import PrivacyError
     from ffm_private.simulation import RunDirectoryError
 
     args = build_parser().parse_args(argv)
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (DataError, RunDirectoryError) as err:
+    except (DataError, RunDirectoryError, PrivacyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

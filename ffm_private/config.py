@@ -161,6 +161,9 @@ class Config:
     def validate(self) -> Config:
         for name in _SECTIONS:
             getattr(self, name).validate()
+        from ffm_private.privacy.config import PrivacyConfig
+
+        PrivacyConfig.from_dict(self.privacy)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,13 +287,16 @@ def describe_fields() -> str:
     lines = []
     top = Config()
     for f in dataclasses.fields(Config):
-        if f.name not in _SECTIONS:
+        if f.name not in _SECTIONS and f.name != "privacy":
             lines.append(f"{f.name} = {_show(getattr(top, f.name))}    # {f.metadata['doc']}")
     for name, cls in _SECTIONS.items():
         lines.append(f"\n[{name}]  # {cls.__doc__}")
         default = cls()
         for f in dataclasses.fields(cls):
             lines.append(f"{f.name} = {_show(getattr(default, f.name))}    # {f.metadata['doc']}")
+    from ffm_private.privacy.config import describe_privacy_fields
+
+    lines.append("\n" + describe_privacy_fields())
     return "\n".join(lines)
 
 

@@ -84,4 +84,6 @@ def subset(split: LeaveOneOutSplit, users: np.ndarray) -> LeaveOneOutSplit:
     return dataclasses.replace(
         split, n_users=len(users), train=[split.train[u] for u in users],
         valid=split.valid[users], test=split.test[users],
-        eval_negatives=split.eval_negatives[users])
+        eval_negatives=split.eval_negatives[users],
+        source_users=None if split.source_users is None else split.source_users[users],
+        raw_user_ids=None if split.raw_user_ids is None else split.raw_user_ids[users])

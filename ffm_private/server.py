@@ -7,15 +7,24 @@ mean of what comes back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import SharedSpec
-from protocols import AggregationProtocol, Channel
+from ffm_private.privacy.errors import InsufficientNoiseError
+from protocols import AggregateResult, AggregationProtocol, Channel
 from protocols.errors import ProtocolError, TooFewClients
+
+Averager = Callable[[int, AggregateResult], np.ndarray]
+"""Turns the protocol's result into the mean update to apply (``(round_id, result)``)."""
+
+
+def plain_mean(round_id: int, result: AggregateResult) -> np.ndarray:
+    """FedAvg without DP: the sum divided by the number of contributors."""
+    return result.total / len(result.contributors)
 
 
 def sample_clients(n_clients: int, fraction: float, round_id: int, seed: int) -> list[int]:
@@ -42,14 +51,20 @@ class RoundOutcome:
 
 
 class Server:
-    """Holds the global shared state and applies aggregated updates (FedAvg)."""
+    """Holds the global shared state and applies aggregated updates (FedAvg).
+
+    ``averager`` turns the protocol's sum into the mean step; user-level DP replaces the
+    plain mean with one that adds central noise or checks the distributed noise shares.
+    """
 
     def __init__(self, spec: SharedSpec, shared: Mapping[str, np.ndarray],
-                 protocol: AggregationProtocol, server_lr: float = 1.0) -> None:
+                 protocol: AggregationProtocol, server_lr: float = 1.0,
+                 averager: Averager = plain_mean) -> None:
         self.spec = spec
         self.vector = spec.flatten(shared)
         self.protocol = protocol
         self.server_lr = server_lr
+        self.averager = averager
 
     @property
     def shared(self) -> dict[str, np.ndarray]:
@@ -62,7 +77,8 @@ class Server:
                   channel: Channel | None = None, seed: int = 0) -> RoundOutcome:
         """Sum the updates through the protocol and take a FedAvg step with their mean.
 
-        A round that aborts (too few clients survive) leaves the state unchanged.
+        A round that aborts (too few clients survive, or too few distributed noise shares)
+        leaves the state unchanged.
         """
         for cid, upd in updates.items():
             if upd.round_id != round_id or upd.client_id != cid:
@@ -71,9 +87,9 @@ class Server:
             result = self.protocol.aggregate(
                 round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel, seed=seed
             )
-        except TooFewClients as err:
+            mean = self.averager(round_id, result)
+        except (TooFewClients, InsufficientNoiseError) as err:
             return RoundOutcome(round_id, applied=False, contributors=(), aborted=str(err))
-        mean = result.total / len(result.contributors)
         self.vector = self.vector + self.server_lr * mean
         return RoundOutcome(
             round_id=round_id,
@@ -88,4 +104,4 @@ class Server:
         )
 
 
-__all__ = ["ProtocolError", "RoundOutcome", "Server", "sample_clients"]
+__all__ = ["Averager", "ProtocolError", "RoundOutcome", "Server", "plain_mean", "sample_clients"]

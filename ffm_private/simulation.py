@@ -14,6 +14,7 @@ and ends exactly where an uninterrupted run with the same seed ends.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -36,10 +37,20 @@ from ffm_private.data import (
     load_dataset,
 )
 from ffm_private.evaluation import evaluate_model, evaluate_popularity
-from ffm_private.models import FROZEN, PERSONAL, SHARED, Recommender, SharedSpec, build_model
+from ffm_private.models import (
+    FROZEN,
+    PERSONAL,
+    SHARED,
+    Recommender,
+    SharedSpec,
+    build_model,
+    params_of,
+)
 from ffm_private.models.partition import load_group, state_of
 from ffm_private.pretrain import pretrain_backbone, public_users
-from ffm_private.server import Server, sample_clients
+from ffm_private.privacy.guarantee import NO_DP
+from ffm_private.privacy.run import RunPrivacy
+from ffm_private.server import Averager, RoundOutcome, Server, plain_mean, sample_clients
 from ffm_private.storage import (
     PersonalStore,
     atomic_write_bytes,
@@ -47,7 +58,7 @@ from ffm_private.storage import (
     load_arrays,
     save_arrays,
 )
-from protocols import registry
+from protocols import AggregateResult, registry
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -105,18 +116,34 @@ class Simulation:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress
-        self._prepare_directory(resume, overwrite)
+        resuming = self._check_directory(resume, overwrite)
         torch.manual_seed(cfg.federated.seed)
         self.split = load_split(cfg, self.run_dir)
-        self.protocol = registry.create(cfg.protocol.name, cfg.protocol.options)
+        # Everything that can refuse the configuration runs before the directory is claimed.
+        self.local_cfg = local_config(cfg)
+        self.privacy = RunPrivacy.prepare(
+            cfg.privacy, self.run_dir, user_ids=self.user_ids(), rounds=cfg.federated.rounds,
+            client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
+            resume=resuming, train_sizes=[len(t) for t in self.split.train],
+            local_cfg=self.local_cfg,
+            has_personal=bool(params_of(build_model(cfg.model, self.split.n_items), PERSONAL)))
+        if self.privacy is not None and self.privacy.example_dp is not None:
+            self.local_cfg = dataclasses.replace(self.local_cfg,
+                                                 example_dp=self.privacy.example_dp)
+        try:
+            self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
+        except ValueError as err:  # options are checked by the protocol that reads them
+            raise config_mod.ConfigError(f"[protocol] {err}") from err
+        atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
+        if self.privacy is not None:
+            self.privacy.start()
         self.backbone = self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
-        self.local_cfg = local_config(cfg)
 
     # -- set-up ---------------------------------------------------------------------------
-    def _prepare_directory(self, resume: bool, overwrite: bool) -> None:
-        resolved = config_mod.to_toml(self.cfg)
+    def _check_directory(self, resume: bool, overwrite: bool) -> bool:
+        """Refuse to mix runs; return whether an existing run is being resumed."""
         config_path = self.run_dir / "config.toml"
         if config_path.exists():
             if resume:
@@ -125,16 +152,37 @@ class Simulation:
                     raise RunDirectoryError(
                         f"{config_path} differs from the requested config; resume only with "
                         "the run's own config (see config.toml in the run directory)")
-            elif overwrite:
-                shutil.rmtree(self.run_dir)
-            else:
+                return True
+            if not overwrite:
                 raise RunDirectoryError(
                     f"{self.run_dir} already holds a run; pass --resume to continue it, "
                     "--overwrite to replace it, or choose another run_dir")
+            shutil.rmtree(self.run_dir)
         elif resume and (self.run_dir / CHECKPOINTS).exists():
             raise RunDirectoryError(f"{self.run_dir} has checkpoints but no config.toml")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(config_path, resolved.encode())
+        return False
+
+    def user_ids(self) -> list[str]:
+        """The dataset's id of each client (internal index -> id in the source files)."""
+        raw = self.split.raw_user_ids
+        return [str(u) for u in (raw if raw is not None else range(self.split.n_users))]
+
+    def _protocol_options(self) -> dict[str, Any]:
+        """Protocol options; distributed DP noise needs the protocol to abort below m shares.
+
+        The check must happen inside the protocol: once a secure protocol unmasks or decrypts
+        a sum with too few noise shares, discarding it afterwards is too late.
+        """
+        options = dict(self.cfg.protocol.options)
+        if self.privacy is not None and self.privacy.plan.noise_placement == "distributed":
+            m = self.privacy.cfg.min_survivors
+            if options.setdefault("min_clients", m) < m:
+                raise config_mod.ConfigError(
+                    f"protocol.options.min_clients = {options['min_clients']} is below "
+                    f"privacy.min_survivors = {m}: the protocol would reveal sums with fewer "
+                    "noise shares than the guarantee needs")
+        return options
 
     def _model(self, num_personal: int) -> Recommender:
         model = build_model(self.cfg.model, self.split.n_items, num_personal)
@@ -194,22 +242,44 @@ class Simulation:
 
     def run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
         f = self.cfg.federated
-        server = Server(self.spec, state.shared, self.protocol, f.server_lr)
-        sampled = sample_clients(self.split.n_users, f.client_fraction, round_id, f.seed)
+        users = list(range(self.split.n_users))
+
+        def sample(pool: list[int]) -> list[int]:
+            return [pool[i] for i in sample_clients(len(pool), f.client_fraction, round_id, f.seed)]
+
+        if self.privacy is None:
+            sampled, declined, pool_size = sample(users), [], len(users)
+        else:
+            selection = self.privacy.select(round_id, users, sample)
+            sampled, declined, pool_size = (selection.sampled, selection.declined,
+                                            selection.pool_size)
+        server = Server(self.spec, state.shared, self.protocol, f.server_lr,
+                        averager=self._averager(pool_size))
         message = server.broadcast(round_id)
         updates, losses = {}, []
         bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
                    leave=False, unit="client")
         for cid in bar:
+            generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
             result = train_client(self.workspace, message, state.personal.get(cid),
-                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed)
-            updates[cid] = result.update
+                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed,
+                                  generator=generator)
             state.personal.put(cid, result.personal)
-            losses.append(result.update.metrics["shared_loss"])
-        outcome = server.aggregate(round_id, updates, seed=f.seed)
+            losses.append(result.metrics["shared_loss"])
+            update = result.update
+            if self.privacy is not None:
+                released = self.privacy.release(round_id, cid, update.delta, result.dp)
+                if released is None:
+                    declined.append(cid)
+                    continue
+                update = dataclasses.replace(update, delta=released)
+            updates[cid] = update
+        outcome = (server.aggregate(round_id, updates, seed=f.seed) if updates else
+                   RoundOutcome(round_id, applied=False, contributors=(),
+                                aborted="no client took part"))
         state.shared = server.shared
         state.round_id = round_id
-        return {
+        row = {
             "round": round_id,
             "sampled": len(sampled),
             "contributors": len(outcome.contributors),
@@ -220,6 +290,20 @@ class Simulation:
             "update_norm": outcome.update_norm,
             "bytes_up": outcome.bytes_up,
         }
+        if self.privacy is not None:
+            row["declined"] = len(declined)
+            row["epsilon"] = self.privacy.epsilon_after_rounds(round_id)
+        return row
+
+    def _averager(self, pool_size: int) -> Averager:
+        if self.privacy is None:
+            return plain_mean
+        privacy = self.privacy
+
+        def dp_mean(round_id: int, result: AggregateResult) -> np.ndarray:
+            return privacy.average(round_id, result.total, result.contributors, pool_size)
+
+        return dp_mean
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) to the configured number of rounds; return the summary."""
@@ -241,7 +325,10 @@ class Simulation:
             self.save_checkpoint(state)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-        return self.write_summary(state)
+        summary = self.write_summary(state)
+        if self.privacy is not None:
+            self.privacy.close()
+        return summary
 
     # -- reporting ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -253,7 +340,8 @@ class Simulation:
         return (f"round {row['round']:>3}/{self.cfg.federated.rounds}  "
                 f"valid HR@{k} {row[f'valid_hr@{k}']:.4f} NDCG@{k} {row[f'valid_ndcg@{k}']:.4f}  "
                 f"| test HR@{k} {row[f'test_hr@{k}']:.4f} NDCG@{k} {row[f'test_ndcg@{k}']:.4f}  "
-                f"| loss {row['train_loss']:.4f}")
+                f"| loss {row['train_loss']:.4f}"
+                + (f" | epsilon {row['epsilon']:.3f}" if "epsilon" in row else ""))
 
     def write_summary(self, state: RunState) -> dict[str, Any]:
         k = self.cfg.evaluation.k
@@ -274,8 +362,9 @@ class Simulation:
             "popularity_baseline": evaluate_popularity(self.split, k=k),
             "shared_parameters": self.spec.size,
             "protocol": self.protocol.describe(),
-            "privacy": "No differential privacy: shared updates carry no formal guarantee; "
-                       "personal parameters never leave the clients.",
+            "privacy": (self.privacy.statement(state.round_id, with_ledger=True)
+                        if self.privacy else NO_DP),
+            "privacy_details": self.privacy.report(state.round_id) if self.privacy else None,
             "seconds_per_round": float(np.mean([r["seconds"] for r in state.history])),
         }
         atomic_write_json(self.run_dir / "summary.json", summary)

@@ -37,6 +37,8 @@ class LeaveOneOutSplit:
     #: Internal id in the source :class:`Interactions` of each row here; differs from
     #: ``arange(n_users)`` only when users with too few interactions were dropped.
     source_users: np.ndarray | None = None
+    #: The dataset's own id of each user (as in the source file), for reports and caps.
+    raw_user_ids: np.ndarray | None = None
 
 
 def leave_one_out(data: Interactions, *, num_eval_negatives: int = 99,
@@ -86,7 +88,7 @@ def leave_one_out(data: Interactions, *, num_eval_negatives: int = 99,
     return LeaveOneOutSplit(
         n_users=len(users), n_items=data.n_items, train=train,
         valid=valid.astype(np.int64), test=test.astype(np.int64), eval_negatives=negatives,
-        source_users=users.astype(np.int64))
+        source_users=users.astype(np.int64), raw_user_ids=np.asarray(data.raw_user_ids)[users])
 
 
 def train_negative_rng(seed: int, round_id: int, user: int) -> np.random.Generator:

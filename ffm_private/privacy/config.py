@@ -59,6 +59,9 @@ class PrivacyConfig:
                             "plan's epsilon).")
     allow_large_delta: bool = _f(False, "Accept delta > 1/(10 n); such a delta permits "
                                  "releasing a few units' data outright.")
+    noise_seed: int = _f(-1, "Tests and demos only: draw noise and client sampling from this "
+                         "fixed seed, so runs are reproducible and protect NOTHING (the summary "
+                         "says so). -1: secret randomness kept in <run_dir>/privacy/noise.key.")
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -129,6 +132,9 @@ class PrivacyConfig:
             raise ConfigError("privacy.max_participations does not apply to user-level DP with "
                               "central noise: every round costs every user in the pool")
         _num("privacy.default_cap", self.default_cap, allow_zero=True)
+        if self.noise_seed < -1:
+            raise ConfigError(f"privacy.noise_seed = {self.noise_seed} must be -1 (secret "
+                              "randomness) or a seed >= 0 (tests only: no privacy)")
         if self.per_user_caps_file and Path(self.per_user_caps_file).suffix.lower() not in (
                 ".csv", ".toml"):
             raise ConfigError(f"privacy.per_user_caps_file = {self.per_user_caps_file!r} must "

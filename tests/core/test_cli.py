@@ -34,3 +34,13 @@ def test_bad_config_exits_with_a_clear_message(tmp_path, capsys):
     cfg.write_text("[federated]\nrounds = -1\n")
     assert main(["train", "--config", str(cfg)]) == 2
     assert "federated.rounds = -1 must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_protocol_options_are_a_config_error(tmp_path, capsys):
+    from ffm_private.cli import main
+
+    rc = main(["train", "-q", "--run-dir", str(tmp_path / "run"), "--set", "protocol.name=secagg",
+               "--set", "protocol.options.neighbours=-3"])
+    assert rc == 2
+    assert "protocol.options.neighbours" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.toml").exists()  # the directory is not claimed

@@ -1,0 +1,183 @@
+"""The cryptographic primitives of SecAgg+, all from ``cryptography`` (OpenSSL).
+
+- X25519 key agreement; private keys are 32 bytes from the party's entropy source
+  (``os.urandom`` by default), never from numpy or ``random``.
+- HKDF-SHA256 turns every shared secret into a key for exactly one purpose: the ``info``
+  string names the protocol version, the purpose, the round and the parties.
+- AES-256-GCM authenticates (and encrypts) every upload under a client-server key and
+  encrypts the Shamir shares one client relays to another through the server.
+- AES-256-CTR is the mask generator: its keystream, read as little-endian uint32 words, is
+  a uniformly random vector over Z_2^32 for a uniformly random key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+Entropy = Callable[[int], bytes]
+"""A source of cryptographically secure random bytes: ``entropy(n) -> n bytes``."""
+
+VERSION = 1
+KEY_BYTES = 32
+TAG_BYTES = 16
+_DOMAIN = b"ffm-secagg/v1/"
+_ZERO_IV = bytes(16)
+_AES, _CTR = algorithms.AES, modes.CTR  # looked up once: a mask is one short call
+
+
+def default_entropy(n: int) -> bytes:
+    """The operating system's CSPRNG; looked up at call time so tests can observe it."""
+    return os.urandom(n)
+
+
+def _ids(*values: int) -> bytes:
+    return b"".join(struct.pack("<q", v) for v in values)
+
+
+def hkdf(secret: bytes, purpose: bytes, *context: int, length: int = KEY_BYTES) -> bytes:
+    """HKDF-SHA256 of ``secret`` for one ``purpose`` bound to the round and parties in ``context``."""
+    info = _DOMAIN + purpose + b"/" + _ids(*context)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+# -- X25519 -----------------------------------------------------------------------------------
+def new_key_pair(entropy: Entropy) -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key pair: any 32 random bytes are a valid private key (RFC 7748)."""
+    key = X25519PrivateKey.from_private_bytes(entropy(KEY_BYTES))
+    return key, public_bytes(key)
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes_raw()
+
+
+def load_private(raw: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """The X25519 shared secret with ``peer_public`` (raises ValueError on a degenerate key)."""
+    return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+# -- key derivations --------------------------------------------------------------------------
+def upload_key(shared: bytes, round_id: int, client_id: int) -> bytes:
+    """AES-256-GCM key sealing everything ``client_id`` uploads to the server this round."""
+    return hkdf(shared, b"upload", round_id, client_id)
+
+
+def share_key(shared: bytes, round_id: int, a: int, b: int) -> AESGCM:
+    """Encrypts the Shamir shares exchanged between clients ``a`` and ``b`` (both directions)."""
+    return AESGCM(hkdf(shared, b"share-encryption", round_id, min(a, b), max(a, b)))
+
+
+def pair_mask_key(shared: bytes, round_id: int, a: int, b: int) -> bytes:
+    """Seed of the pairwise mask between ``a`` and ``b``; both derive it, so it cancels."""
+    return hkdf(shared, b"pair-mask", round_id, min(a, b), max(a, b))
+
+
+def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:
+    """Key of a client's self mask, from its secret seed ``b``."""
+    return hkdf(seed, b"self-mask", round_id, client_id)
+
+
+def rounding_key(seed: int, round_id: int, client_id: int) -> bytes:
+    """Key of a client's stochastic-rounding stream, from the run's public seed.
+
+    Rounding randomness is not secret (the masks hide the rounded vector); deriving it from
+    the run seed makes a resumed run reproduce an uninterrupted one exactly.
+    """
+    return hkdf(_ids(seed), b"rounding", round_id, client_id)
+
+
+def graph_seed(seed: int, round_id: int) -> bytes:
+    """The public seed from which every party derives the round's neighbour graph."""
+    return hkdf(_ids(seed), b"graph", round_id)
+
+
+def commit_seed(seed: bytes, round_id: int, client_id: int) -> bytes:
+    """SHA-256 commitment to a self-mask seed (uniform 256-bit, so the hash hides it)."""
+    return hashlib.sha256(_DOMAIN + b"commit-b/" + _ids(round_id, client_id) + seed).digest()
+
+
+def nonce(kind: int, party: int = 0) -> bytes:
+    """A 12-byte GCM nonce, unique per (key, kind, party): each key encrypts one message per kind."""
+    return struct.pack("<Iq", kind, party)
+
+
+# -- the mask generator ---------------------------------------------------------------------
+MASK_BLOCK = 65536
+"""Words per block when masks are added: 256 KiB of keystream and accumulator stay in cache."""
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(n_bytes: int) -> bytes:
+    """Read-only zero plaintext for the keystream (shared: it holds nothing secret)."""
+    return bytes(n_bytes)
+
+
+class MaskStream:
+    """AES-256-CTR keystreams of ``n_words`` uint32 words, produced block by block.
+
+    Adding many masks block by block (all keystreams advance together) keeps the accumulator
+    block and the keystream block in cache, so the additions cost little beyond the AES-CTR
+    itself, and no mask is ever materialised in full.
+    """
+
+    def __init__(self, n_words: int, block: int = MASK_BLOCK) -> None:
+        self.n_words = n_words
+        self.block = max(1, min(block, n_words))
+        self._zeros = memoryview(_zeros(4 * self.block))
+        self._out = bytearray(4 * self.block + 15)
+        self._view = np.frombuffer(self._out, dtype="<u4", count=self.block)
+
+    def _spans(self):
+        for start in range(0, self.n_words, self.block):
+            yield start, min(self.block, self.n_words - start)
+
+    def blocks(self, key: bytes):
+        """``(start, words)`` for each block of the mask of ``key``; ``words`` is reused."""
+        enc = Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor()
+        for start, n in self._spans():
+            enc.update_into(self._zeros[:4 * n], self._out)
+            yield start, self._view[:n]
+
+    def apply(self, acc: np.ndarray, masks: list[tuple[bytes, int]]) -> None:
+        """``acc += sum(sign * mask(key))`` modulo 2**32, in place, for ``(key, sign)`` pairs."""
+        encs = [(Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor(), sign) for key, sign in masks]
+        out, view = self._out, self._view
+        for start, n in self._spans():
+            zeros, words, target = self._zeros[:4 * n], view[:n], acc[start:start + n]
+            for enc, sign in encs:
+                enc.update_into(zeros, out)
+                if sign > 0:
+                    np.add(target, words, out=target)
+                else:
+                    np.subtract(target, words, out=target)
+
+    def add(self, acc: np.ndarray, key: bytes, sign: int = 1) -> None:
+        """``acc += sign * mask(key)`` modulo 2**32, in place."""
+        self.apply(acc, [(key, sign)])
+
+
+def mask_words(key: bytes, n_words: int) -> np.ndarray:
+    """The whole mask for ``key`` as a fresh array (for tests and one-off use)."""
+    out = np.empty(n_words, dtype=np.uint32)
+    for start, words in MaskStream(n_words).blocks(key):
+        out[start:start + len(words)] = words
+    return out
