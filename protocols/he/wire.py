@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocols.errors import (
     ContextMismatch,
@@ -78,9 +78,9 @@ class Frame:
     scale: float
     crcs: list[int]
     contributors: tuple[int, ...]
-    _payload: bytes
-    _spans: list[tuple[int, int]]
-    _where: dict
+    _payload: bytes = field(repr=False)
+    _spans: list[tuple[int, int]] = field(repr=False)
+    _where: dict = field(repr=False)
 
     @property
     def n_chunks(self) -> int:
