@@ -1,7 +1,7 @@
 """The privacy side of one training run: plan, ledger, noise, and the three places DP acts.
 
 A run with ``privacy.mode != "none"`` owns one :class:`RunPrivacy`. The federated loop calls it
-at three points of every round, in the order of DESIGN.md's data flow:
+at three points of every round, in the order of the round's data flow:
 
 1. :meth:`RunPrivacy.select` — who may take part. Users whose next charge would exceed their
    cap (or who used up ``max_participations``) decline. Under user-level DP with central noise
