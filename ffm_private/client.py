@@ -9,13 +9,17 @@ Local training has two phases, which is what lets privacy accounting tell them a
    shared ones frozen; they never leave the device;
 2. the shared parameters (global adapter) are trained with the personal ones frozen; the
    difference to the received state is the update that is sent.
+
+With ``cfg.example_dp`` set, both phases run example-level DP-SGD
+(:mod:`ffm_private.privacy.dpsgd`): Poisson-sampled rows without histories, per-row clipping
+and Gaussian noise drawn from the caller's ``generator``; the result says what was run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +29,13 @@ from ffm_private.data import train_negative_rng
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import PERSONAL, SHARED, Recommender, SharedSpec, load_group, params_of
 from ffm_private.models.partition import state_of
+from ffm_private.privacy.dpsgd import (
+    DPRunReport,
+    ExampleDP,
+    check_coverage,
+    history_free_frozen,
+    run_dp_phase,
+)
 from ffm_private.training_data import Examples, build_examples
 
 
@@ -38,6 +49,7 @@ class LocalTrainingConfig:
     lr: float = 0.01
     batch_size: int = 256
     num_negatives: int = 4
+    example_dp: ExampleDP | None = None  # example-level DP-SGD for both phases (None: off)
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,16 @@ class ClientData:
 
 @dataclass(frozen=True)
 class ClientResult:
-    """What a local step produces: the update to send and the personal state to keep."""
+    """What a local step produces: the update to send and the personal state to keep.
+
+    ``metrics`` (losses) stay on the device: under example-level DP they are not protected.
+    ``dp`` says what DP-SGD the client ran (``None`` without example-level DP).
+    """
 
     update: ClientUpdate
     personal: dict[str, np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+    dp: DPRunReport | None = None
 
 
 def _batch_seed(seed: int, round_id: int, user: int, phase: int) -> int:
@@ -112,36 +130,43 @@ def run_epochs(model: Recommender, params: list[torch.nn.Parameter], examples: E
 
 def train_client(model: Recommender, message: GlobalModelMessage,
                  personal: Mapping[str, np.ndarray], data: ClientData,
-                 cfg: LocalTrainingConfig, seed: int) -> ClientResult:
+                 cfg: LocalTrainingConfig, seed: int, *,
+                 generator: torch.Generator | None = None,
+                 accountant: object | None = None) -> ClientResult:
     """Train one client from the global message and its personal state.
 
     ``model`` is a workspace with ``num_personal = 1`` whose frozen backbone is already
-    loaded; its shared and personal parameters are overwritten here.
+    loaded; its shared and personal parameters are overwritten here. With
+    ``cfg.example_dp`` set, ``generator`` (secret, per round and client: see
+    :func:`ffm_private.privacy.dpsgd.torch_generator`) drives the sampling, negatives and
+    noise, and ``accountant`` (an Opacus accountant, tests only) records each noisy step.
     """
     spec = SharedSpec.of(model)
     load_group(model, SHARED, message.shared)
     load_group(model, PERSONAL, {k: np.asarray(v)[None] for k, v in personal.items()})
-    rng = train_negative_rng(seed, message.round_id, data.user)
-    examples = build_examples(data.train, model.n_items, getattr(model, "history_length", 1),
-                              cfg.num_negatives, rng)
     model.train()
-    personal_params = list(params_of(model, PERSONAL).values())
-    shared_params = list(params_of(model, SHARED).values())
+    personal_params = params_of(model, PERSONAL)
+    shared_params = params_of(model, SHARED)
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in personal_params:
-        p.requires_grad_(True)
-    personal_loss = run_epochs(model, personal_params, examples, cfg.personal_epochs,
-                               cfg.personal_lr, cfg.batch_size,
-                               _batch_seed(seed, message.round_id, data.user, 1))
-    for p in personal_params:
-        p.requires_grad_(False)
-    for p in shared_params:
-        p.requires_grad_(True)
-    shared_loss = run_epochs(model, shared_params, examples, cfg.local_epochs, cfg.lr,
-                             cfg.batch_size, _batch_seed(seed, message.round_id, data.user, 2))
-    for p in shared_params:
-        p.requires_grad_(False)
+    if cfg.example_dp is not None:
+        personal_loss, shared_loss, report = _dp_phases(
+            model, personal_params, shared_params, data, cfg, cfg.example_dp, generator,
+            accountant)
+        num_examples, sent_metrics = 0, {}  # the count and losses are not protected: kept local
+    else:
+        report = None
+        rng = train_negative_rng(seed, message.round_id, data.user)
+        examples = build_examples(data.train, model.n_items, getattr(model, "history_length", 1),
+                                  cfg.num_negatives, rng)
+        personal_loss = _plain_phase(model, personal_params, examples, cfg.personal_epochs,
+                                     cfg.personal_lr, cfg.batch_size,
+                                     _batch_seed(seed, message.round_id, data.user, 1))
+        shared_loss = _plain_phase(model, shared_params, examples, cfg.local_epochs, cfg.lr,
+                                   cfg.batch_size,
+                                   _batch_seed(seed, message.round_id, data.user, 2))
+        num_examples = len(examples)
+        sent_metrics = {"personal_loss": personal_loss, "shared_loss": shared_loss}
     new_shared = state_of(model, SHARED)
     delta = spec.flatten(new_shared) - spec.flatten(message.shared)
     new_personal = {k: v[0] for k, v in state_of(model, PERSONAL).items()}
@@ -149,7 +174,67 @@ def train_client(model: Recommender, message: GlobalModelMessage,
         client_id=data.user,
         round_id=message.round_id,
         delta=delta,
-        num_examples=len(examples),
-        metrics={"personal_loss": personal_loss, "shared_loss": shared_loss},
+        num_examples=num_examples,
+        metrics=sent_metrics,
     )
-    return ClientResult(update=update, personal=new_personal)
+    return ClientResult(update=update, personal=new_personal,
+                        metrics={"personal_loss": personal_loss, "shared_loss": shared_loss},
+                        dp=report)
+
+
+def _plain_phase(model: Recommender, params: Mapping[str, torch.nn.Parameter],
+                 examples: Examples, epochs: int, lr: float, batch_size: int, seed: int) -> float:
+    """Non-private local training of ``params`` (all others frozen)."""
+    plist = list(params.values())
+    for p in plist:
+        p.requires_grad_(True)
+    try:
+        return run_epochs(model, plist, examples, epochs, lr, batch_size, seed)
+    finally:
+        for p in plist:
+            p.requires_grad_(False)
+
+
+def _dp_phases(model: Recommender, personal_params: Mapping[str, torch.nn.Parameter],
+               shared_params: Mapping[str, torch.nn.Parameter], data: ClientData,
+               cfg: LocalTrainingConfig, dp: ExampleDP, generator: torch.Generator | None,
+               accountant: object | None) -> tuple[float, float, DPRunReport]:
+    """Both phases with example-level DP-SGD; refuses what the claim would not cover."""
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"client {data.user}: example-level DP-SGD needs the round's secret "
+                         "torch.Generator (dpsgd.torch_generator); none was given")
+    has_personal = bool(personal_params)
+    check_coverage(has_personal=has_personal, personal_epochs=cfg.personal_epochs,
+                   personal_steps=dp.personal_steps)
+    frozen = set(history_free_frozen(model))
+    shared = {k: p for k, p in shared_params.items() if k not in frozen}
+    common = dict(expected_batch_size=dp.expected_batch_size, num_negatives=cfg.num_negatives,
+                  generator=generator, noise_multiplier=dp.noise_multiplier,
+                  optimizer=dp.optimizer, accountant=accountant)
+    personal_loss, personal_steps = float("nan"), 0
+    with deterministic_torch():
+        if has_personal and dp.personal_steps:
+            out = _dp_phase(model, personal_params, data, engine="functorch",
+                            clipping_norm=dp.personal_norm, sample_rate=dp.personal_sample_rate,
+                            steps=dp.personal_steps, lr=cfg.personal_lr, **common)
+            personal_loss, personal_steps, empty = out.loss, out.steps, out.empty_steps
+        else:
+            empty = 0
+        out = _dp_phase(model, shared, data, engine=dp.engine, clipping_norm=dp.clipping_norm,
+                        sample_rate=dp.sample_rate, steps=dp.steps, lr=cfg.lr, **common)
+    report = DPRunReport(noise_multiplier=dp.noise_multiplier, example_rate=dp.sample_rate,
+                         local_steps=out.steps,
+                         personal_rate=dp.personal_sample_rate if personal_steps else 0.0,
+                         personal_steps=personal_steps, empty_steps=empty + out.empty_steps)
+    return personal_loss, out.loss, report
+
+
+def _dp_phase(model: Recommender, params: Mapping[str, torch.nn.Parameter], data: ClientData,
+              **kwargs: object):
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        return run_dp_phase(model, params, data.train, **kwargs)  # type: ignore[arg-type]
+    finally:
+        for p in params.values():
+            p.requires_grad_(False)

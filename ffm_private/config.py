@@ -127,9 +127,13 @@ class ProtocolConfig:
     options: dict = _f({}, "Protocol options, e.g. {clip = 1.0, neighbours = 8}; see docs/.")
 
     def validate(self) -> None:
-        from protocols.registry import available
+        from protocols.registry import available, protocol_class
 
         _choice("protocol.name", self.name, tuple(available()))
+        try:  # each protocol checks the options it reads (cheap: no keys are made here)
+            protocol_class(self.name).from_options(self.options)
+        except ValueError as err:
+            raise ConfigError(f"[protocol] {err}") from None
 
 
 @dataclass(frozen=True)

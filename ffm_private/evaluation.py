@@ -48,8 +48,12 @@ def eval_histories(split: LeaveOneOutSplit, target: str, length: int, pad: int) 
 @torch.no_grad()
 def evaluate_model(model: Recommender, split: LeaveOneOutSplit, *, k: int = 10,
                    full_ranking: bool = True, targets: tuple[str, ...] = ("valid", "test"),
-                   chunk: int = 64) -> dict[str, float]:
-    """Metrics for every user; ``model`` holds one personal row per user (``owner = user``)."""
+                   chunk: int = 64, use_history: bool = True) -> dict[str, float]:
+    """Metrics for every user; ``model`` holds one personal row per user (``owner = user``).
+
+    ``use_history=False`` scores with empty histories, as example-level DP-SGD trains: what
+    the DP-trained parameters alone have learned.
+    """
     if model.num_personal != split.n_users:
         raise ValueError(f"model holds {model.num_personal} personal rows, split has "
                          f"{split.n_users} users")
@@ -59,6 +63,8 @@ def evaluate_model(model: Recommender, split: LeaveOneOutSplit, *, k: int = 10,
     for target in targets:
         heldout = split.valid if target == "valid" else split.test
         hist = torch.from_numpy(eval_histories(split, target, length, model.pad))
+        if not use_history:
+            hist = torch.full_like(hist, model.pad)
         sampled, full = [], []
         for start in range(0, split.n_users, chunk):
             users = torch.arange(start, min(start + chunk, split.n_users))

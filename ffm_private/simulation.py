@@ -37,7 +37,15 @@ from ffm_private.data import (
     load_dataset,
 )
 from ffm_private.evaluation import evaluate_model, evaluate_popularity
-from ffm_private.models import FROZEN, PERSONAL, SHARED, Recommender, SharedSpec, build_model
+from ffm_private.models import (
+    FROZEN,
+    PERSONAL,
+    SHARED,
+    Recommender,
+    SharedSpec,
+    build_model,
+    params_of,
+)
 from ffm_private.models.partition import load_group, state_of
 from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
@@ -113,10 +121,16 @@ class Simulation:
         torch.manual_seed(cfg.federated.seed)
         self.split = load_split(cfg, self.run_dir)
         # Everything that can refuse the configuration runs before the directory is claimed.
+        self.local_cfg = local_config(cfg)
         self.privacy = RunPrivacy.prepare(
             cfg.privacy, self.run_dir, user_ids=self.user_ids(), rounds=cfg.federated.rounds,
             client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
-            resume=resuming)
+            resume=resuming, train_sizes=[len(t) for t in self.split.train],
+            local_cfg=self.local_cfg,
+            has_personal=bool(params_of(build_model(cfg.model, self.split.n_items), PERSONAL)))
+        if self.privacy is not None and self.privacy.example_dp is not None:
+            self.local_cfg = dataclasses.replace(self.local_cfg,
+                                                 example_dp=self.privacy.example_dp)
         try:
             self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
         except ValueError as err:  # options are checked by the protocol that reads them
@@ -127,7 +141,6 @@ class Simulation:
         self.backbone = self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
-        self.local_cfg = local_config(cfg)
         self.observer = ObservationRecorder(
             self.run_dir, cfg.observation, self.spec, protocol=cfg.protocol.name,
             reveals_individual=self.protocol.reveals_individual_updates,
@@ -253,13 +266,15 @@ class Simulation:
         bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
                    leave=False, unit="client")
         for cid in bar:
+            generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
             result = train_client(self.workspace, message, state.personal.get(cid),
-                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed)
+                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed,
+                                  generator=generator)
             state.personal.put(cid, result.personal)
-            losses.append(result.update.metrics["shared_loss"])
+            losses.append(result.metrics["shared_loss"])
             update = result.update
             if self.privacy is not None:
-                released = self.privacy.release(round_id, cid, update.delta)
+                released = self.privacy.release(round_id, cid, update.delta, result.dp)
                 if released is None:
                     declined.append(cid)
                     continue

@@ -1,7 +1,7 @@
 """The privacy side of one training run: plan, ledger, noise, and the three places DP acts.
 
 A run with ``privacy.mode != "none"`` owns one :class:`RunPrivacy`. The federated loop calls it
-at three points of every round, in the order of DESIGN.md's data flow:
+at three points of every round, in the order of the round's data flow:
 
 1. :meth:`RunPrivacy.select` — who may take part. Users whose next charge would exceed their
    cap (or who used up ``max_participations``) decline. Under user-level DP with central noise
@@ -10,8 +10,10 @@ at three points of every round, in the order of DESIGN.md's data flow:
    drawn from secret randomness.
 2. :meth:`RunPrivacy.release` — on the client, after local training and before anything
    leaves the device: clip the shared update to ``C`` (user level), add this client's share of
-   the noise (distributed placement), then durably charge the participation (participation
-   basis) with a digest of the exact bytes released.
+   the noise (distributed placement), or check that the client's DP-SGD (example level,
+   driven by :meth:`RunPrivacy.client_generator`) ran no more than the plan covers; then
+   durably charge the participation (participation basis) with a digest of the exact bytes
+   released.
 3. :meth:`RunPrivacy.average` — on the server, from the protocol's sum: add ``N(0, (sigma C)^2)``
    (central placement) and divide by the *expected* number of participants, or refuse to
    release a distributed-noise sum with fewer noise shares than planned.
@@ -32,9 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ffm_private.client import LocalTrainingConfig
 from ffm_private.config import ConfigError
 from ffm_private.privacy.config import PrivacyConfig
+from ffm_private.privacy.dpsgd import (
+    DPRunReport,
+    ExampleDP,
+    check_coverage,
+    example_plan_inputs,
+    torch_generator,
+)
 from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.guarantee import guarantee_statement
 from ffm_private.privacy.ledger import PrivacyLedger
@@ -81,6 +92,8 @@ class RunPrivacy:
         self.user_ids = list(user_ids)
         self._ledger: PrivacyLedger | None = None
         self._noise: NoiseSource | None = None
+        #: Example-level DP-SGD settings for every client (``None`` in user mode).
+        self.example_dp: ExampleDP | None = None
         # refuse, before any file is written, a claim that cannot be stated
         guarantee_statement(plan, clipping_norm=cfg.clipping_norm, protocol=protocol,
                             min_survivors=cfg.min_survivors or None)
@@ -89,35 +102,45 @@ class RunPrivacy:
     @classmethod
     def prepare(cls, raw: dict[str, Any], run_dir: str | Path, *, user_ids: Sequence[Any],
                 rounds: int, client_fraction: float, protocol: str, resume: bool = False,
-                plan_inputs: Callable[[], dict[str, Any]] | None = None) -> RunPrivacy | None:
+                train_sizes: Sequence[int] = (), local_cfg: LocalTrainingConfig | None = None,
+                has_personal: bool = True) -> RunPrivacy | None:
         """The run's privacy, checked but not started; ``None`` for ``mode = "none"``.
 
         ``user_ids[c]`` is the dataset's id of client ``c``: the ledger and the per-user caps
         file speak in those ids. A resumed run reloads its saved plan (no new noise search)
-        and refuses one planned for other settings; ``plan_inputs`` supplies the
-        example-level DP-SGD figures (steps and sampling rates) from the data.
+        and refuses one planned for other settings. Example-level DP sizes its DP-SGD once
+        from ``train_sizes`` (training interactions per client) and ``local_cfg``.
         """
         cfg = PrivacyConfig.from_dict(raw)
         if not cfg.enabled:
             return None
-        if cfg.mode == "example":
-            raise UnsupportedClaimError(
-                "privacy.mode = 'example' (DP-SGD on the client) is not available in the "
-                "training loop yet; use mode = 'user'")
         user_ids = [str(u) for u in user_ids]
-        cfg.check_delta_for(len(user_ids))
+        inputs: dict[str, Any] = {"rounds": rounds, "client_rate": client_fraction}
+        example = None
+        if cfg.mode == "example":
+            if local_cfg is None or not len(train_sizes):
+                raise ValueError("example-level DP needs train_sizes and local_cfg")
+            example = example_plan_inputs(train_sizes, local_cfg, has_personal=has_personal)
+            check_coverage(has_personal=has_personal, personal_epochs=local_cfg.personal_epochs,
+                           personal_steps=example.personal_steps)
+            inputs.update(example.plan_kwargs())
+            cfg.check_delta_for(int(np.sum(train_sizes)))  # units: interactions
+        else:
+            cfg.check_delta_for(len(user_ids))
         caps = cfg.caps()
         unknown = sorted(set(caps) - set(user_ids))
         if unknown:
             raise ConfigError(f"{cfg.per_user_caps_file}: {len(unknown)} user id(s) are not in "
                               f"the dataset, e.g. {unknown[:5]}")
         folder = Path(run_dir) / PRIVACY_DIR
-        inputs = {"rounds": rounds, "client_rate": client_fraction,
-                  **(plan_inputs() if plan_inputs is not None else {})}
         saved = folder / "plan.json"
         plan = (_saved_plan(cfg, saved, inputs) if resume and saved.exists()
                 else cfg.plan(**inputs))
-        return cls(cfg, plan, folder=folder, caps=caps, protocol=protocol, user_ids=user_ids)
+        out = cls(cfg, plan, folder=folder, caps=caps, protocol=protocol, user_ids=user_ids)
+        out.example_dp = (None if example is None else ExampleDP.from_plan(
+            plan, clipping_norm=cfg.clipping_norm,
+            expected_batch_size=example.expected_batch_size))
+        return out
 
     def start(self) -> RunPrivacy:
         """Write the plan, open the durable ledger and the secret noise root."""
@@ -175,14 +198,31 @@ class RunPrivacy:
         declined = sorted(set(users) - set(pool))
         return Selection(sorted(sampled), declined, len(pool))
 
-    # -- 2. the client's release --------------------------------------------------------------
-    def release(self, round_id: int, client: int, delta: np.ndarray) -> np.ndarray | None:
-        """What the client sends: clipped (and noised) update; ``None`` if it must decline.
+    # -- 2. the client's side -----------------------------------------------------------------
+    def client_generator(self, round_id: int, client: int) -> torch.Generator | None:
+        """The secret DP-SGD generator of ``client`` in ``round_id`` (example mode only)."""
+        if self.example_dp is None:
+            return None
+        return torch_generator(self.noise, round_id, client)
 
-        For participation charging, the spend is recorded durably *before* the vector is
-        returned (i.e. before it can leave the client).
+    def release(self, round_id: int, client: int, delta: np.ndarray,
+                report: DPRunReport | None = None) -> np.ndarray | None:
+        """What the client sends; ``None`` if it must decline.
+
+        User level: the update clipped to ``C`` (plus this client's noise share under
+        distributed placement). Example level: the DP-SGD output as it is, after checking
+        that the client ran no more than the plan covers (``report``). For participation
+        charging the spend is recorded durably *before* the vector is returned, i.e. before
+        it can leave the client.
         """
-        out = clip_to_norm(delta, self.cfg.clipping_norm)
+        if self.plan.mode == "example":
+            if report is None:
+                raise UnsupportedClaimError(f"client {client} ran no DP-SGD in an "
+                                            "example-level run")
+            self.plan.check_client(**report.check_kwargs())
+            out = np.asarray(delta, dtype=np.float64)
+        else:
+            out = clip_to_norm(delta, self.cfg.clipping_norm)
         if self.plan.noise_placement == "distributed":
             rng = self.noise.generator(round_id, client, purpose=_CLIENT_NOISE)
             out = add_distributed_noise(out, self.plan.noise_multiplier, self.cfg.clipping_norm,
@@ -205,6 +245,8 @@ class RunPrivacy:
         already carries the noise; fewer than ``min_survivors`` shares raise
         :class:`~ffm_private.privacy.errors.InsufficientNoiseError` (the round is discarded).
         """
+        if self.plan.mode == "example":  # the noise was added on the devices
+            return np.asarray(total, dtype=np.float64) / len(contributors)
         if self.plan.noise_placement == "distributed":
             check_survivors(len(contributors), self.cfg.min_survivors)
             return np.asarray(total, dtype=np.float64) / len(contributors)

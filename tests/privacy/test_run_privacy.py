@@ -243,3 +243,32 @@ def test_distributed_noise_needs_the_protocol_to_abort_below_min_survivors(tiny_
         "protocol.name": "secagg", "protocol.options": {"min_clients": 3}})
     with pytest.raises(ConfigError, match="below privacy.min_survivors"):
         Simulation(cfg, progress=False)
+
+
+EXAMPLE = {"mode": "example", "target_epsilon": 8.0, "clipping_norm": 0.1, "noise_seed": 5}
+
+
+def test_example_level_run_charges_what_each_client_ran(tiny_config):
+    cfg = tiny_config.replace(**{"federated.rounds": 2, "federated.batch_size": 16,
+                                 "privacy": EXAMPLE})
+    summary = run_training(cfg, progress=False)
+    run = Path(cfg.run_dir)
+    plan = json.loads((run / "privacy" / "plan.json").read_text())
+    spends = _spends(run)
+    n_users = summary["dataset"]["users"]
+    assert len(spends) == 2 * n_users  # every client took part in both rounds
+    events = {ev for _, _, _, ev in spends}
+    sigma = plan["noise_multiplier"]
+    # One charge = the shared and the personal DP-SGD phases the plan sized.
+    assert events == {json.dumps([[sigma, plan["example_rate"], plan["local_steps"]],
+                                  [sigma, plan["personal_rate"], plan["personal_steps"]]])}
+    assert max(e for _, _, e, _ in spends) == pytest.approx(plan["epsilon"])
+    assert plan["epsilon"] <= 8.0
+    assert "Example-level differential privacy" in summary["privacy"]
+    assert f"epsilon = {plan['epsilon']:.3f}" in summary["privacy"]
+
+
+def test_example_level_without_shared_training_is_refused(tiny_config):
+    cfg = tiny_config.replace(**{"federated.local_epochs": 0, "privacy": EXAMPLE})
+    with pytest.raises(UnsupportedClaimError, match="local_epochs"):
+        Simulation(cfg, progress=False)
