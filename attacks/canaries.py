@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -537,7 +538,7 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
 
     start = time.perf_counter()
     cfg, claim = ctx.cfg, ctx.claim
-    plan = _plan(cfg)
+    plan = _plan(cfg, ctx.run_dir)
     rounds = max(1, min(cfg.federated.rounds, max_rounds))
     delta_claim = claim.delta if claim.delta else 1e-5
     delta = audit_delta(delta_claim, canaries, beta)
@@ -599,11 +600,23 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
     return attack, result
 
 
-def _plan(cfg: Any) -> Any:
+def _plan(cfg: Any, run_dir: Any = None) -> Any:
+    """The run's privacy plan: the one it saved (``privacy/plan.json``), else rebuilt."""
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return None
     from ffm_private.privacy.config import PrivacyConfig
+
+    saved = None if run_dir is None else Path(run_dir) / "privacy" / "plan.json"
+    if saved is not None and saved.exists():
+        import json
+
+        from ffm_private.privacy.planner import PrivacyPlan
+
+        try:
+            return PrivacyPlan.from_dict(json.loads(saved.read_text()))
+        except (ValueError, TypeError):
+            pass
 
     try:
         return PrivacyConfig.from_dict(raw).plan(rounds=cfg.federated.rounds,

@@ -66,20 +66,44 @@ class _Simulator:
         seed = int(np.random.SeedSequence([self.ctx.seed, 0xA2]).generate_state(1)[0])
         self.seed = seed
         self.personal = {k: v[0] for k, v in self.model.init_personal_states(1, seed).items()}
-        self.local = local_config(cfg)
+        self.local = self._client_config(local_config(cfg))
         self.message = GlobalModelMessage(
             self.round_id, self.ctx.log.spec.unflatten(np.asarray(self.broadcast, np.float64)))
         self.calls = 0
 
+    def _client_config(self, plain):
+        """The run's client configuration: with example-level DP, its DP-SGD settings.
+
+        They come from the run's saved plan, rebuilt as the run itself does on resume (the
+        client algorithm is public; the clients' secret generators are not: the attacker
+        draws its own).
+        """
+        if self.ctx.claim.mode != "example" or self.ctx.run_dir is None:
+            return plain
+        from ffm_private.simulation import Simulation
+
+        sim = Simulation(self.ctx.cfg, resume=True, progress=False)
+        try:
+            return sim.local_cfg
+        finally:
+            if sim.privacy is not None:
+                sim.privacy.close()
+
     def __call__(self, items: np.ndarray, tag: int) -> np.ndarray:
+        import torch
+
         from ffm_private.client import ClientData, train_client
 
         self.calls += 1
         items = np.asarray(items, dtype=np.int64)
         if items.size == 0:
             return np.zeros(self.ctx.log.n_params)
+        generator = None
+        if getattr(self.local, "example_dp", None) is not None:
+            generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, self.calls]).generate_state(1)[0]))
         result = train_client(self.model, self.message, self.personal, ClientData(tag, items),
-                              self.local, self.seed)
+                              self.local, self.seed, generator=generator)
         return result.update.delta
 
 

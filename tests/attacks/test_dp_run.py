@@ -54,3 +54,31 @@ def test_a6_passes_the_run_and_fails_its_broken_variants(dp_run):
         mechanism = BROKEN_MECHANISMS[bug](claim.noise_multiplier, claim.clipping_norm)
         attack, _ = run_canary_audit(dp_run, canaries=1000, mechanism=mechanism)
         assert attack.verdict.level == FAIL, (bug, attack.verdict.text)
+
+
+def test_a6_interaction_canaries_pass_a_dp_sgd_run(audit_data_dir, tmp_path):
+    """Example-level DP-SGD through the run's own client configuration (its saved plan)."""
+    from ffm_private.simulation import run_training
+
+    cfg = fedmf_config(audit_data_dir, tmp_path / "run", privacy={
+        "mode": "example", "target_epsilon": 1.0, "delta": 1e-6})
+    run_training(cfg, progress=False)
+    ctx = AuditContext.from_run(cfg.run_dir, seed=0)
+    attack, result = run_canary_audit(ctx, canaries=400)
+    assert result.kind == "example-level canary interactions"
+    assert attack.verdict.level == PASS, attack.verdict.text
+    assert attack.metrics["claimed_epsilon_at_audit_delta"] > 1.0  # restated at a smaller delta
+
+
+def test_secagg_run_logs_only_sums_and_defeats_per_user_attacks(audit_data_dir, tmp_path):
+    from attacks.linkage import run_linkage
+    from ffm_private.simulation import run_training
+
+    cfg = fedmf_config(audit_data_dir, tmp_path / "run", **{"protocol.name": "secagg"})
+    run_training(cfg, progress=False)
+    ctx = AuditContext.from_run(cfg.run_dir, seed=0)
+    assert not ctx.log.manifest["reveals_individual"]
+    assert all(not obs.has_individual and obs.total is not None for obs in ctx.log)
+    assert run_item_inference(ctx, "server", bootstrap_rounds=20).verdict.level != LEAK
+    link = run_linkage(ctx, "server", bootstrap_rounds=20)
+    assert link.estimate.value == pytest.approx(link.reference)
