@@ -9,7 +9,8 @@ secagg run the SecAgg+ protocol (``protocol.name = "secagg"``); a scenario the i
 version cannot train is reported as skipped. Two what-if columns are always computed from the
 baseline's own observation log: each update released with user-level DP noise (the mechanism
 of ``ffm_private.privacy.mechanisms`` applied per user), and only the round sums (what secure
-aggregation leaves the server).
+aggregation leaves the server). Central DP trusts the server: its "server" rows are
+expected to leak; its claim covers the "public" rows. See docs/attacks.md for a sample output.
 """
 
 from __future__ import annotations
