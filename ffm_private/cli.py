@@ -25,6 +25,7 @@ examples:
   ffm-private budget --epsilon 1 4 8 --rounds 100 --client-rate 0.1   # plan a DP budget
   ffm-private train --set privacy.mode=user --set privacy.target_epsilon=4 \
       --set federated.client_fraction=0.1            # user-level DP-FedAvg
+  ffm-private audit --run runs/quickstart              # what leaks: attacks on the observation log
 """
 
 
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ffm_private.privacy.planner import add_budget_command
 
     add_budget_command(sub)
+
+    from attacks.cli import add_audit_command  # light: the attacks load when audit runs
+
+    add_audit_command(sub)
     return parser
 
 

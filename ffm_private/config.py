@@ -148,6 +148,27 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class ObservationConfig:
+    """The observation log: what each party saw, for leakage audits (see docs/attacks.md)."""
+
+    enabled: bool = _f(True, "Record the observation log (observations/ in the run directory).")
+    rounds: list = _f([1, 2, -1], "Rounds to record; negative counts from the end (-1 = the "
+                      "last round). Linkage audits need two rounds with the same clients.")
+    max_clients: int = _f(256, "At most this many clients' update vectors per round (the same "
+                          "clients every round, chosen by a keyed hash); 0 records none.")
+    dtype: str = _f("float32", "Storage of client update vectors: float32 or float16 (half "
+                    "the bytes; a round whose values overflow float16 is kept in float32).")
+
+    def validate(self) -> None:
+        if not isinstance(self.rounds, list) or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r != 0 for r in self.rounds):
+            raise ConfigError(f"observation.rounds = {self.rounds!r} must be a list of non-zero "
+                              "integers (negative counts from the last round)")
+        _range("observation.max_clients", self.max_clients, 0, None)
+        _choice("observation.dtype", self.dtype, ("float32", "float16"))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
@@ -161,6 +182,7 @@ class Config:
     privacy: dict = _f({}, "Privacy settings: the [privacy] table (mode = none by default); "
                        "see docs/privacy.md.")
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
 
     def validate(self) -> Config:
         for name in _SECTIONS:
@@ -185,6 +207,7 @@ _SECTIONS: dict[str, type] = {
     "federated": FederatedConfig,
     "protocol": ProtocolConfig,
     "evaluation": EvaluationConfig,
+    "observation": ObservationConfig,
 }
 
 

@@ -47,6 +47,7 @@ from ffm_private.models import (
     params_of,
 )
 from ffm_private.models.partition import load_group, state_of
+from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
 from ffm_private.privacy.guarantee import NO_DP
 from ffm_private.privacy.run import RunPrivacy
@@ -140,6 +141,11 @@ class Simulation:
         self.backbone = self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
+        self.observer = ObservationRecorder(
+            self.run_dir, cfg.observation, self.spec, protocol=cfg.protocol.name,
+            reveals_individual=self.protocol.reveals_individual_updates,
+            total_rounds=cfg.federated.rounds, seed=cfg.federated.seed,
+            extra={"model": cfg.model.kind, "n_users": self.split.n_users})
 
     # -- set-up ---------------------------------------------------------------------------
     def _check_directory(self, resume: bool, overwrite: bool) -> bool:
@@ -278,6 +284,7 @@ class Simulation:
                    RoundOutcome(round_id, applied=False, contributors=(),
                                 aborted="no client took part"))
         state.shared = server.shared
+        self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
         row = {
             "round": round_id,
@@ -312,6 +319,7 @@ class Simulation:
         metrics_path = self.run_dir / "metrics.jsonl"
         # rewrite the metrics file from the checkpoint: drops any line past the last checkpoint
         atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in state.history).encode())
+        self.observer.truncate_after(state.round_id)
         if state.round_id > 0:
             self._say(f"resuming {self.run_dir} after round {state.round_id}/{f.rounds}")
         for round_id in range(state.round_id + 1, f.rounds + 1):
@@ -325,6 +333,7 @@ class Simulation:
             self.save_checkpoint(state)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+        self.observer.release(state.shared, state.round_id)
         summary = self.write_summary(state)
         if self.privacy is not None:
             self.privacy.close()

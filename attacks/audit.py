@@ -1,0 +1,152 @@
+"""The audit runner: every chosen attack under every chosen view, then one report.
+
+    from attacks.audit import AuditOptions, run_audit
+    report = run_audit("runs/quickstart", AuditOptions(attacks=("a1", "a6")))
+    report.failed  # True when A6's lower bound exceeds the claimed epsilon
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attacks.base import FAIL, NOT_APPLICABLE, AttackResult, Verdict
+from attacks.context import VIEWS, AuditContext, AuditError
+from attacks.features import torch_threads
+
+ATTACKS = ("a1", "a2", "a3", "a4", "a5", "a6")
+ATTACK_NAMES = {
+    "a1": "item-set inference", "a2": "interaction-level membership inference",
+    "a3": "attribute inference", "a4": "linkage across rounds",
+    "a5": "personality reconstruction", "a6": "empirical epsilon audit with canaries",
+}
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What to run, how big, with which seed (every default documented in ``--help``)."""
+
+    attacks: tuple[str, ...] = ATTACKS
+    views: tuple[str, ...] = VIEWS
+    seed: int = 0
+    bootstrap: int = 200
+    a2_users: int = 40
+    a2_pool: int = 30
+    a2_shadows: int = 8
+    canaries: int = 1000
+    beta: float = 1e-3
+    a6_max_rounds: int = 50
+    mechanism: str | None = None  # a6: "noise-off", "noise-over-n", "no-clipping" (self-test)
+    threads: int | None = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.attacks) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
+        bad = sorted(set(self.views) - set(VIEWS))
+        if bad:
+            raise ValueError(f"unknown view(s) {bad}; choose from {list(VIEWS)}")
+        if not 0 < self.beta <= 0.05:
+            raise ValueError(f"beta = {self.beta} must be in (0, 0.05]")
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit found; :mod:`attacks.report` renders it."""
+
+    run_dir: str
+    claim: dict[str, Any]
+    protocol: str
+    model: str
+    options: dict[str, Any]
+    results: list[AttackResult] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    observation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """A verdict of FAIL (an epsilon lower bound above the claim)."""
+        return any(r.verdict.level == FAIL for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir, "claim": self.claim, "protocol": self.protocol,
+                "model": self.model, "options": self.options, "failed": self.failed,
+                "seconds": self.seconds, "observation": self.observation,
+                "results": [r.to_dict() for r in self.results], "skipped": self.skipped}
+
+
+def run_audit(run: str | Path | AuditContext, options: AuditOptions = AuditOptions()  # noqa: B008
+              ) -> AuditReport:
+    """Run the chosen attacks on a run directory (or a prepared context)."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    with torch_threads(options.threads):
+        ctx = run if isinstance(run, AuditContext) else AuditContext.from_run(
+            run, seed=options.seed, progress=options.progress)
+        ctx.progress = options.progress
+        report = AuditReport(
+            run_dir=str(ctx.run_dir or ""), claim=ctx.claim.to_dict(), protocol=ctx.log.protocol,
+            model=ctx.cfg.model.kind, options=asdict(options),
+            observation={"rounds": ctx.log.rounds, "bytes": ctx.log.bytes_on_disk(),
+                         "reveals_individual": ctx.log.manifest.get("reveals_individual"),
+                         "targets": len(ctx.targets()), "shadows": len(ctx.shadows())})
+        jobs = [(a, v) for a in options.attacks if a != "a6" for v in options.views]
+        if "a6" in options.attacks:
+            jobs.append(("a6", "mechanism"))
+        bar = tqdm(jobs, desc="audit", disable=not options.progress, unit="attack")
+        for attack, view in bar:
+            bar.set_postfix_str(f"{attack} {view}")
+            try:
+                report.results.extend(_run_one(ctx, attack, view, options))
+            except AuditError as err:
+                report.skipped.append({"attack": attack, "view": view, "reason": str(err)})
+                report.results.append(AttackResult(
+                    attack=attack.upper(), title=f"{attack.upper()} {ATTACK_NAMES[attack]}",
+                    view=view, threat_model="", observes="", headline="", estimate=None,
+                    reference=None, verdict=Verdict(NOT_APPLICABLE, str(err))))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_one(ctx: AuditContext, attack: str, view: str, o: AuditOptions) -> list[AttackResult]:
+    if attack == "a1":
+        from attacks.item_inference import run_item_inference
+
+        return [run_item_inference(ctx, view, bootstrap_rounds=o.bootstrap)]
+    if attack == "a2":
+        from attacks.membership import run_membership
+
+        return [run_membership(ctx, view, users=o.a2_users, pool=o.a2_pool,
+                               shadows=o.a2_shadows, bootstrap_rounds=o.bootstrap)]
+    if attack == "a3":
+        from attacks.attribute import run_attribute_inference
+
+        return run_attribute_inference(ctx, view, bootstrap_rounds=o.bootstrap)
+    if attack == "a4":
+        from attacks.linkage import run_linkage
+
+        return [run_linkage(ctx, view, bootstrap_rounds=o.bootstrap)]
+    if attack == "a5":
+        from attacks.reconstruction import run_reconstruction
+
+        return [run_reconstruction(ctx, view, bootstrap_rounds=o.bootstrap)]
+    from attacks.canaries import BROKEN_MECHANISMS, run_canary_audit
+
+    mechanism = None
+    if o.mechanism:
+        claim = ctx.claim
+        if not claim.noise_multiplier:
+            raise AuditError("a6 --mechanism needs a run with a user-level DP claim")
+        mechanism = BROKEN_MECHANISMS[o.mechanism](claim.noise_multiplier,
+                                                   claim.clipping_norm or 1.0)
+    result, _ = run_canary_audit(ctx, canaries=o.canaries, beta=o.beta,
+                                 max_rounds=o.a6_max_rounds, mechanism=mechanism)
+    return [result]
+
+
+__all__ = ["ATTACKS", "ATTACK_NAMES", "AuditOptions", "AuditReport", "run_audit"]

@@ -1,0 +1,114 @@
+"""A6: the published one-run values, independent oracles for the bounds, and planted bugs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from attacks.canaries import (
+    BROKEN_MECHANISMS,
+    CentralGaussian,
+    DistributedGaussian,
+    UserCanaryAudit,
+    _cp_upper,
+    audit_delta,
+    canary_directions,
+    gaussian_delta,
+    one_run_epsilon,
+    one_run_p_value,
+)
+from ffm_private.privacy.accounting import noise_for_epsilon
+from tests.privacy.reference import gaussian_epsilon
+
+BETA, CANARIES, CLAIM = 1e-3, 1000, 1.0
+
+
+def test_one_run_bound_reproduces_the_published_worked_values():
+    # Steinke, Nasr, Jagielski (NeurIPS 2023): r guesses, v of them correct, m canaries
+    assert one_run_epsilon(1000, 100, 75, 1e-4, 0.05) == pytest.approx(0.673, abs=1e-3)
+    assert one_run_epsilon(100_000, 1510, 1439, 1e-5, 0.05) == pytest.approx(2.675, abs=1e-3)
+
+
+def test_one_run_bound_saturates_as_the_design_notes_say():
+    assert one_run_epsilon(1000, 1000, 1000, 0.0, 0.05) == pytest.approx(5.8, abs=0.05)
+    assert one_run_epsilon(10_000, 10_000, 10_000, 0.0, 0.05) == pytest.approx(8.1, abs=0.05)
+    assert one_run_epsilon(1000, 1000, 500, 1e-6, 0.05) == 0.0  # coin flipping proves nothing
+
+
+def test_pure_dp_p_value_is_a_binomial_tail():
+    # with delta = 0 the p-value is P[Binomial(r, e^eps / (1 + e^eps)) >= v]
+    for r, v, eps in ((100, 70, 0.5), (40, 40, 2.0), (500, 260, 0.1)):
+        q = math.exp(eps) / (1 + math.exp(eps))
+        assert one_run_p_value(1000, r, v, eps, 0.0) == pytest.approx(stats.binom.sf(v - 1, r, q))
+
+
+def test_clopper_pearson_matches_scipys_exact_interval():
+    for k, n, alpha in ((0, 250, 1e-3), (3, 100, 0.05), (40, 80, 0.01)):
+        two_sided = stats.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha,
+                                                        method="exact")
+        assert _cp_upper(k, n, alpha) == pytest.approx(two_sided.high, rel=1e-9)
+
+
+def test_gaussian_estimate_matches_the_analytic_gaussian_mechanism():
+    # Balle and Wang (2018): independent formula in tests/privacy/reference.py
+    for sigma in (0.8, 2.0, 5.0):
+        eps = 1.3
+        delta = gaussian_delta(eps, 1.0 / sigma)
+        assert gaussian_epsilon(sigma, 1, delta) == pytest.approx(eps, rel=1e-4)
+
+
+def test_canary_directions_are_orthonormal():
+    u = canary_directions(300, np.random.default_rng(0))
+    assert u.shape == (300, 512)
+    np.testing.assert_allclose(u @ u.T, np.eye(300), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def claim():
+    """sigma for epsilon = 1 after one round, at the delta the audit uses."""
+    delta = audit_delta(1e-5, CANARIES, BETA)
+    return delta, noise_for_epsilon(CLAIM, 1.0, 1, delta)
+
+
+def _background(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 0.3 * rng.standard_normal((200, 512)) + rng.standard_normal(512)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correct_mechanism_never_exceeds_its_claim(claim, seed):
+    delta, sigma = claim
+    for mechanism in (CentralGaussian(sigma, 1.0), DistributedGaussian(sigma, 1.0, 1)):
+        result = UserCanaryAudit(mechanism, CLAIM, delta, canaries=CANARIES, canary_norm=10.0,
+                                 background=_background(seed), beta=BETA, seed=seed).run()
+        assert result.lower_bound <= CLAIM, (mechanism.name, result.to_dict())
+        assert not result.exceeds_claim
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("bug", sorted(BROKEN_MECHANISMS))
+def test_planted_bugs_exceed_the_claim_every_time(claim, bug, seed):
+    delta, sigma = claim
+    mechanism = BROKEN_MECHANISMS[bug](sigma, 1.0)
+    result = UserCanaryAudit(mechanism, CLAIM, delta, canaries=CANARIES, canary_norm=10.0,
+                             background=_background(seed), beta=BETA, seed=seed).run()
+    assert result.exceeds_claim, (bug, result.to_dict())
+    assert result.lower_bound > CLAIM + 0.2
+
+
+def test_interaction_canaries_catch_training_without_dp(fedmf_context):
+    """Example-level canaries through the run's client training (no DP-SGD): far above an
+    example-level claim of epsilon 1."""
+    from attacks.canaries import run_canary_audit
+    from attacks.context import Claim
+
+    claim = Claim(mode="example", epsilon=1.0, delta=1e-8, covers=("server", "public"))
+    ctx = fedmf_context.with_log(fedmf_context.log, claim)
+    attack, result = run_canary_audit(ctx, canaries=400)
+    assert result.kind == "example-level canary interactions"
+    assert result.canaries == 400
+    assert result.clopper_pearson["epsilon"] == 0.0  # canaries share clients: not independent
+    assert result.exceeds_claim and attack.verdict.failed
