@@ -118,7 +118,7 @@ class SyntheticConfig:
 
     @classmethod
     def small(cls, seed: int = 0) -> SyntheticConfig:
-        """~300 users, 400 items, 15k interactions: the two-minute federated quickstart."""
+        """~300 users, 400 items, 15k interactions: the half-minute federated quickstart."""
         return cls(n_users=300, n_items=400, n_interactions=15_000, seed=seed)
 
     @classmethod
