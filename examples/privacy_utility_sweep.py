@@ -1,11 +1,14 @@
 """Sweep epsilon and plot privacy against utility (HR@10 and NDCG@10, with the non-private line).
 
-Each point is a full federated run with user-level DP-FedAvg at the given target epsilon
-(delta 1e-5); the non-private run is the same configuration with ``privacy.mode = "none"``.
+Each point is a full federated run at the given target epsilon (delta 1e-5): user-level
+DP-FedAvg (``--mode user``, default) or example-level DP-SGD on the clients (``--mode
+example``); the non-private run is the same configuration with ``privacy.mode = "none"``.
 Test metrics are read at the round chosen on validation HR@10, as in every run summary.
 
     python examples/privacy_utility_sweep.py                       # quick: small synthetic data
     python examples/privacy_utility_sweep.py --preset ml100k --rounds 50 --epsilons 1 4 8 16
+    python examples/privacy_utility_sweep.py --mode example --clipping-norm 0.1 \
+        --set federated.batch_size=32 --client-fraction 1
     python examples/privacy_utility_sweep.py --config examples/movielens100k.toml \\
         --set data.path=/data/ml-100k --out runs/sweep-ml100k
 
@@ -25,6 +28,7 @@ from ffm_private.simulation import run_training
 
 def sweep(base: config_mod.Config, epsilons: list[float], privacy: dict[str, Any],
           out: Path) -> dict[str, Any]:
+    """``privacy`` holds the ``[privacy]`` keys every DP run shares (mode, clipping norm)."""
     """Run the non-private baseline and one DP run per epsilon; return their metrics."""
     def run(name: str, table: dict[str, Any]) -> dict[str, Any]:
         cfg = base.replace(**{"run_dir": str(out / name), "privacy": table,
@@ -40,11 +44,11 @@ def sweep(base: config_mod.Config, epsilons: list[float], privacy: dict[str, Any
     results = {"baseline": run("none", {}), "dp": {}}
     for eps in epsilons:
         results["dp"][str(eps)] = run(f"eps-{eps:g}",
-                                      {**privacy, "mode": "user", "target_epsilon": eps})
+                                      {**privacy, "target_epsilon": eps})
     return results
 
 
-def plot(results: dict[str, Any], path: Path, k: int = 10) -> None:
+def plot(results: dict[str, Any], path: Path, k: int = 10, label: str = "DP") -> None:
     """HR@k and NDCG@k (test, at the validation-selected round) against epsilon."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -55,7 +59,7 @@ def plot(results: dict[str, Any], path: Path, k: int = 10) -> None:
     for col, metric in enumerate((f"test_hr@{k}", f"test_ndcg@{k}")):
         ax = fig.add_subplot(1, 2, col + 1)
         ax.plot([r["epsilon"] for r in dp], [r["selected"][metric] for r in dp], marker="o",
-                label="user-level DP")
+                label=label)
         ax.axhline(results["baseline"]["selected"][metric], color="grey", ls="--",
                    label="no DP")
         ax.set_xscale("log")
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--client-fraction", type=float, default=0.5,
                         help="Poisson sampling rate of clients per round (amplifies privacy)")
+    parser.add_argument("--mode", choices=["user", "example"], default="user",
+                        help="user-level DP-FedAvg or example-level DP-SGD")
     parser.add_argument("--clipping-norm", type=float, default=0.5)
     parser.add_argument("--out", default="runs/privacy-utility")
     args = parser.parse_args()
@@ -93,9 +99,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if base.data.kind == "synthetic" and not base.data.path:  # generate the data once
         base = base.replace(**{"data.path": str(out / "data")})
-    results = sweep(base, args.epsilons, {"clipping_norm": args.clipping_norm}, out)
+    results = sweep(base, args.epsilons,
+                    {"mode": args.mode, "clipping_norm": args.clipping_norm}, out)
     (out / "sweep.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "privacy_utility.png", k=base.evaluation.k)
+    plot(results, out / "privacy_utility.png", k=base.evaluation.k,
+         label=f"{args.mode}-level DP")
     print(f"{'epsilon':>8} | HR@10  | NDCG@10")
     base_sel = results["baseline"]["selected"]
     print(f"{'no DP':>8} | {base_sel['test_hr@10']:.4f} | {base_sel['test_ndcg@10']:.4f}")
