@@ -64,14 +64,20 @@ class ModelConfig:
     dim: int = _f(64, "Embedding dimension.")
     history_length: int = _f(20, "Most recent interactions the history encoder reads.")
     global_rank: int = _f(16, "Bottleneck width of the shared global adapter.")
-    personal_rank: int = _f(8, "Bottleneck width of the local personal adapter.")
-    personalization: bool = _f(True, "Train the personal adapter, user embedding and gate. "
+    personal_rank: int = _f(0, "Bottleneck width of a local personal item adapter. 0 (the "
+                            "default) has none: the personal parameters are the user "
+                            "embedding and the gate between the global and the backbone item "
+                            "view. A personal item adapter overfits a client's few "
+                            "interactions over many rounds (see README, Quality).")
+    personalization: bool = _f(True, "Train the personal parameters (user embedding, gate, "
+                               "personal item adapter if personal_rank > 0). "
                                "False gives the global-only model.")
 
     def validate(self) -> None:
         _choice("model.kind", self.kind, ("ffm", "fedmf"))
-        for name in ("dim", "history_length", "global_rank", "personal_rank"):
+        for name in ("dim", "history_length", "global_rank"):
             _range(f"model.{name}", getattr(self, name), 1, None)
+        _range("model.personal_rank", self.personal_rank, 0, None)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
 - ``shared`` (the global adapter, aggregated across clients): residual bottleneck adapters
   on the item and the user representation; zero-initialised, so round 0 is the backbone.
 - ``personal`` (never leaves the device): a user embedding, a personal residual item adapter
-  and a gate that mixes the global and personal views of each item.
+  and a gate that mixes the global and personal views of each item. With
+  ``personal_rank = 0`` there is no personal item adapter: the personal view is the frozen
+  backbone's, and the gate chooses, per user, how far to follow the global adapter.
 
 score(u, i) = <q_u, a_u e^p_i + (1 - a_u) e^g_i> + b_i, where e^g = global view,
 e^p = personal view, q_u = h_u + A_g(h_u) + p_u and h_u the encoded history.
@@ -73,8 +75,9 @@ class _Personal(nn.Module):
         self.enabled = enabled
         if enabled:
             self.user_emb = nn.Parameter(torch.zeros(num_personal, dim))
-            self.item_down = nn.Parameter(torch.zeros(num_personal, dim, rank))
-            self.item_up = nn.Parameter(torch.zeros(num_personal, rank, dim))
+            if rank > 0:
+                self.item_down = nn.Parameter(torch.zeros(num_personal, dim, rank))
+                self.item_up = nn.Parameter(torch.zeros(num_personal, rank, dim))
             self.gate = nn.Parameter(torch.zeros(num_personal))
 
 
@@ -82,7 +85,7 @@ class FFMRecommender(Recommender):
     """Frozen backbone + shared global adapter + local personal adapter, embedding, gate."""
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
-                 history_length: int = 20, global_rank: int = 16, personal_rank: int = 8,
+                 history_length: int = 20, global_rank: int = 16, personal_rank: int = 0,
                  personalization: bool = True) -> None:
         super().__init__(n_items, num_personal)
         self.dim, self.history_length, self.personal_rank = dim, history_length, personal_rank
@@ -92,7 +95,7 @@ class FFMRecommender(Recommender):
         self.finalize()
 
     def personal_init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        if not self.personal.enabled:
+        if not self.personal.enabled or self.personal_rank == 0:
             return {}
         down = torch.randn(self.dim, self.personal_rank, generator=gen) / self.dim**0.5
         return {"personal.item_down": down}
@@ -105,8 +108,10 @@ class FFMRecommender(Recommender):
         q = g.user(h)
         if self.personal.enabled:
             p = self.personal
-            hidden = F.relu(torch.einsum("nbd,ndr->nbr", e, p.item_down[owner]))
-            e_personal = e + torch.einsum("nbr,nrd->nbd", hidden, p.item_up[owner])
+            e_personal = e
+            if self.personal_rank > 0:
+                hidden = F.relu(torch.einsum("nbd,ndr->nbr", e, p.item_down[owner]))
+                e_personal = e + torch.einsum("nbr,nrd->nbd", hidden, p.item_up[owner])
             a = torch.sigmoid(p.gate[owner])[:, None, None]
             e_mix = a * e_personal + (1 - a) * e_global
             q = q + p.user_emb[owner]

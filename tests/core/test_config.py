@@ -23,6 +23,7 @@ def test_quickstart_example_equals_builtin_defaults():
 
 @pytest.mark.parametrize("raw, message", [
     ({"federated": {"rounds": 0}}, "federated.rounds = 0 must be >= 1"),
+    ({"model": {"personal_rank": -1}}, "model.personal_rank = -1 must be >= 0"),
     ({"federated": {"roundz": 3}}, "unknown key federated.'roundz'"),
     ({"data": {"kind": "netflix"}}, "data.kind = 'netflix' is not one of"),
     ({"federated": {"lr": "fast"}}, "federated.lr must be a number"),
