@@ -1,8 +1,9 @@
 """Central pretraining of the foundation backbone on public users (FedPA's recipe).
 
 Only the training interactions of users in the public split are used; the epoch kept is
-the one with the best HR@10 on those users' validation items (never a test item). The pretraining model has its own throw-away personal rows for those users; what is
-kept is the backbone, which clients then hold frozen.
+the one with the best HR@10 on those users' validation items (never a test item). The
+pretraining model has its own throw-away personal rows (user embedding and gate) for those
+users; what is kept is the backbone, which clients then hold frozen.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: PretrainConfig, split: LeaveO
                       progress: bool = True) -> dict[str, np.ndarray]:
     """Train backbone (and throw-away user rows) on ``users``; return the backbone state."""
     torch.manual_seed(seed)
-    if model_cfg.kind == "ffm":  # public users get personal rows even for a global-only run
-        model_cfg = dataclasses.replace(model_cfg, personalization=True)
+    if model_cfg.kind == "ffm":
+        # Public users get throw-away user embeddings and gates even for a global-only run, but
+        # no personal item adapters: those would absorb item knowledge that is then discarded
+        # (a backbone pretrained beside rank-8 item adapters starts federated training at
+        # loss 0.41 instead of 0.28 on the ml100k preset).
+        model_cfg = dataclasses.replace(model_cfg, personalization=True, personal_rank=0)
     model = build_model(model_cfg, split.n_items, max(len(users), 1))
     backbone = list(params_of(model, FROZEN).values())
     if not backbone or len(users) == 0 or cfg.epochs == 0:
