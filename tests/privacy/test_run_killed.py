@@ -6,7 +6,6 @@ The kill lands wherever the process happens to be once round 3's charges are com
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -18,27 +17,12 @@ import pytest
 
 from ffm_private.config import to_toml
 from ffm_private.simulation import run_training
+from tests.privacy.run_records import ledger_spends, round_metrics
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVACY = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3}
-
-
-def _spends(run: Path) -> list[tuple]:
-    con = sqlite3.connect(run / "privacy" / "ledger.sqlite")
-    try:
-        return con.execute("SELECT user, round, epsilon_after, events FROM spends "
-                           "ORDER BY user, round").fetchall()
-    finally:
-        con.close()
-
-
-def _metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
 
 
 def _latest_charged_round(ledger: Path) -> int:
@@ -79,5 +63,5 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_config, t
     assert not (run / "summary.json").exists()
 
     run_training(cfg, resume=True, progress=False)
-    assert _spends(run) == _spends(Path(reference.run_dir))
-    assert _metrics(run) == _metrics(Path(reference.run_dir))
+    assert ledger_spends(run) == ledger_spends(Path(reference.run_dir))
+    assert round_metrics(run) == round_metrics(Path(reference.run_dir))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from ffm_private.privacy.run import RunPrivacy
 from ffm_private.server import Server
 from ffm_private.simulation import Simulation, run_training
 from ffm_private.storage import load_arrays
+from tests.privacy.run_records import ledger_spends, round_metrics
 
 CENTRAL = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3}
 
@@ -30,22 +30,6 @@ def _dp_config(tiny_config, **privacy):
                                   "privacy": {**CENTRAL, **privacy}})
 
 
-def _metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
-
-
-def _spends(run: Path) -> list[tuple]:
-    con = sqlite3.connect(run / "privacy" / "ledger.sqlite")
-    try:
-        return con.execute("SELECT user, round, epsilon_after, events FROM spends "
-                           "ORDER BY user, round").fetchall()
-    finally:
-        con.close()
-
-
 def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
     cfg = _dp_config(tiny_config)
     summary = run_training(cfg, progress=False)
@@ -53,11 +37,11 @@ def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
     details = summary["privacy_details"]
     plan = json.loads((run / "privacy" / "plan.json").read_text())
     # Eligibility charging: 3 rounds x every user, whether sampled or not.
-    spends = _spends(run)
+    spends = ledger_spends(run)
     n_users = summary["dataset"]["users"]
     assert len(spends) == 3 * n_users
     assert {r for _, r, _, _ in spends} == {1, 2, 3}
-    eps = [r["epsilon"] for r in _metrics(run)]
+    eps = [r["epsilon"] for r in round_metrics(run)]
     assert eps == sorted(eps) and eps[-1] == pytest.approx(plan["epsilon"])
     assert max(e for _, _, e, _ in spends) == pytest.approx(plan["epsilon"])
     assert plan["epsilon"] <= 4.0
@@ -67,7 +51,7 @@ def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
     assert f"{plan['noise_multiplier']:.4f} x 0.5" in summary["privacy"]
     assert "NO privacy guarantee" in summary["privacy"]
     # Poisson sampling at q = 0.5: not a fixed-size sample.
-    assert len({r["sampled"] for r in _metrics(run)}) > 1
+    assert len({r["sampled"] for r in round_metrics(run)}) > 1
 
 
 def test_applied_step_carries_noise_of_std_sigma_c_over_the_expected_count(tiny_config):
@@ -94,13 +78,13 @@ def test_user_caps_file_makes_users_decline_and_is_never_exceeded(tiny_config, t
     caps = tmp_path / "caps.csv"
     caps.write_text(f"user,cap\n{ids[0]},{one_round * 1.001}\n{ids[1]},{one_round / 2}\n")
     run_training(cfg.replace(**{"privacy.per_user_caps_file": str(caps)}), progress=False)
-    spends = _spends(Path(cfg.run_dir))
+    spends = ledger_spends(Path(cfg.run_dir))
     by_user: dict[str, list] = {}
     for user, rnd, eps, _ in spends:
         by_user.setdefault(user, []).append((rnd, eps))
     assert by_user[ids[0]] == [(1, pytest.approx(one_round))]   # one round, then declines
     assert ids[1] not in by_user                                   # never admitted
-    assert [r["declined"] for r in _metrics(Path(cfg.run_dir))] == [1, 2, 2]
+    assert [r["declined"] for r in round_metrics(Path(cfg.run_dir))] == [1, 2, 2]
     summary = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
     assert "2 users declined at least one round" in summary["privacy"]
 
@@ -132,8 +116,8 @@ def test_resume_mid_round_replays_the_same_charges_and_noise(tiny_config, tmp_pa
     monkeypatch.setattr(Simulation, "run_round", original)
     run_training(cfg, resume=True, progress=False)
     run, ref = Path(cfg.run_dir), Path(reference.run_dir)
-    assert _metrics(run) == _metrics(ref)
-    assert [s[:2] + s[3:] for s in _spends(run)] == [s[:2] + s[3:] for s in _spends(ref)]
+    assert round_metrics(run) == round_metrics(ref)
+    assert [s[:2] + s[3:] for s in ledger_spends(run)] == [s[:2] + s[3:] for s in ledger_spends(ref)]
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
     a = load_arrays(run / "checkpoints" / latest / "global.npz")
     b = load_arrays(ref / "checkpoints" / latest / "global.npz")
@@ -225,12 +209,12 @@ def test_distributed_noise_through_secagg_charges_participations(tiny_config, tm
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, progress=False)
     monkeypatch.undo()
-    charged = _spends(Path(cfg.run_dir))
+    charged = ledger_spends(Path(cfg.run_dir))
     assert any(r == 2 for _, r, _, _ in charged)  # round 2 was charged before the crash
     summary = run_training(cfg, resume=True, progress=False)  # same digests: no conflict
-    spends = _spends(Path(cfg.run_dir))
+    spends = ledger_spends(Path(cfg.run_dir))
     assert set(charged) <= set(spends)  # nothing recorded before the crash was lost
-    rows = _metrics(Path(cfg.run_dir))
+    rows = round_metrics(Path(cfg.run_dir))
     # Participation basis: exactly the contributors of each round were charged, once.
     for row in rows:
         assert sum(1 for _, r, _, _ in spends if r == row["round"]) == row["contributors"]
@@ -254,7 +238,7 @@ def test_example_level_run_charges_what_each_client_ran(tiny_config):
     summary = run_training(cfg, progress=False)
     run = Path(cfg.run_dir)
     plan = json.loads((run / "privacy" / "plan.json").read_text())
-    spends = _spends(run)
+    spends = ledger_spends(run)
     n_users = summary["dataset"]["users"]
     assert len(spends) == 2 * n_users  # every client took part in both rounds
     events = {ev for _, _, _, ev in spends}
