@@ -5,10 +5,10 @@
   that turns a user's own interaction history into a representation.
 - ``shared`` (the global adapter, aggregated across clients): residual bottleneck adapters
   on the item and the user representation; zero-initialised, so round 0 is the backbone.
-- ``personal`` (never leaves the device): a user embedding, a personal residual item adapter
-  and a gate that mixes the global and personal views of each item. With
-  ``personal_rank = 0`` there is no personal item adapter: the personal view is the frozen
-  backbone's, and the gate chooses, per user, how far to follow the global adapter.
+- ``personal`` (never leaves the device): a user embedding and a gate that mixes the global
+  and personal views of each item. The personal view is the frozen backbone's
+  (``personal_rank = 0``, the default: the gate chooses, per user, how far to follow the
+  global adapter) or, with ``personal_rank > 0``, a personal residual item adapter's.
 
 score(u, i) = <q_u, a_u e^p_i + (1 - a_u) e^g_i> + b_i, where e^g = global view,
 e^p = personal view, q_u = h_u + A_g(h_u) + p_u and h_u the encoded history.
@@ -82,7 +82,7 @@ class _Personal(nn.Module):
 
 
 class FFMRecommender(Recommender):
-    """Frozen backbone + shared global adapter + local personal adapter, embedding, gate."""
+    """Frozen backbone + shared global adapter + local user embedding, gate (+ item adapter)."""
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
                  history_length: int = 20, global_rank: int = 16, personal_rank: int = 0,
