@@ -1,8 +1,9 @@
-"""Shared fixtures: small synthetic datasets generated once per session."""
+"""Shared fixtures: small synthetic datasets generated once per session; one torch thread."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import settings
 
 from ffm_private.config import Config
@@ -30,3 +31,12 @@ def tiny_config(tiny_data_dir, tmp_path) -> Config:
 # Property tests draw the same examples on every run: a correct build never flakes in CI.
 settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.load_profile("deterministic")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread avoids contention on a shared 2-core machine (restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,9 +49,5 @@ def fedmf_context(fedmf_run):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
+def _one_thread(one_torch_thread):
     """The attacks run many tiny kernels; extra threads only spin on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -1,6 +1,5 @@
 """The federated loop end to end: run directory, resume, and that learning happens."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from ffm_private.config import Config, to_toml
 from ffm_private.data import SyntheticConfig, generate_synthetic
 from ffm_private.simulation import RunDirectoryError, Simulation, run_training
 from ffm_private.storage import load_arrays
+from tests.run_records import round_metrics
 
 
 def _final_state(run_dir: Path):
@@ -22,15 +22,8 @@ def _final_state(run_dir: Path):
     return load_arrays(ckpt / "global.npz"), load_arrays(ckpt / "personal.npz")
 
 
-def _metrics(run_dir: Path):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-    return rows
-
-
 def _assert_same_run(a: Path, b: Path):
-    assert _metrics(a) == _metrics(b)
+    assert round_metrics(a) == round_metrics(b)
     for x, y in zip(_final_state(a), _final_state(b), strict=True):
         assert x.keys() == y.keys()
         for k in x:
@@ -43,7 +36,7 @@ def test_run_directory_layout(tiny_config):
     for name in ("config.toml", "metrics.jsonl", "summary.json", "summary.md",
                  "checkpoints/backbone.npz", "checkpoints/LATEST"):
         assert (run / name).exists(), name
-    rows = _metrics(run)
+    rows = round_metrics(run)
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all("valid_hr@10" in r and "test_ndcg@10" in r for r in rows)
     assert summary["selected_round"] in (1, 2, 3)
@@ -79,7 +72,7 @@ def test_resume_after_an_exception_mid_round_equals_uninterrupted(tiny_config, t
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny_config, progress=False)
     monkeypatch.setattr(Simulation, "run_round", original)
-    assert len(_metrics(Path(tiny_config.run_dir))) == 2
+    assert len(round_metrics(Path(tiny_config.run_dir))) == 2
     run_training(tiny_config, resume=True, progress=False)
     _assert_same_run(Path(reference.run_dir), Path(tiny_config.run_dir))
 

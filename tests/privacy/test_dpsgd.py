@@ -432,12 +432,8 @@ def test_workspace_is_cleaned_after_a_failure(monkeypatch):
 
 # -- it still learns ------------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids contention on a shared 2-core machine (restored)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.mark.slow

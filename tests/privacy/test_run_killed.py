@@ -17,7 +17,7 @@ import pytest
 
 from ffm_private.config import to_toml
 from ffm_private.simulation import run_training
-from tests.privacy.run_records import ledger_spends, round_metrics
+from tests.run_records import ledger_spends, round_metrics
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 

@@ -20,7 +20,7 @@ from ffm_private.privacy.run import RunPrivacy
 from ffm_private.server import Server
 from ffm_private.simulation import Simulation, run_training
 from ffm_private.storage import load_arrays
-from tests.privacy.run_records import ledger_spends, round_metrics
+from tests.run_records import ledger_spends, round_metrics
 
 CENTRAL = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3}
 

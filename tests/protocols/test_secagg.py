@@ -1,10 +1,8 @@
 """SecAgg+ end to end: the unmasked sum, dropouts at every stage, aborts, bad messages,
 what a masked vector looks like, where key material comes from, and a training run."""
 
-import json
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +28,7 @@ from protocols.secagg.graph import circle_order
 from protocols.secagg.messages import HEADER
 from protocols.secagg.server import SecAggServer
 from tests.protocols.secagg_helpers import DeterministicEntropy, plain_sum, updates
+from tests.run_records import round_metrics
 
 
 def _proto(seed: int = 0, **options) -> SecAggPlusProtocol:
@@ -429,11 +428,6 @@ def test_no_key_or_mask_material_from_non_cryptographic_generators(monkeypatch):
 
 
 # -- a training run -----------------------------------------------------------------------------
-def _metrics(run_dir):
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return rows
-
-
 def test_training_with_secagg_matches_plaintext(tiny_config, tmp_path):
     import torch
 
@@ -451,7 +445,7 @@ def test_training_with_secagg_matches_plaintext(tiny_config, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert "only the sum" in secure["protocol"]
-    for a, b in zip(_metrics(tmp_path / "plain"), _metrics(tmp_path / "secagg"), strict=True):
+    for a, b in zip(round_metrics(tmp_path / "plain"), round_metrics(tmp_path / "secagg"), strict=True):
         assert a["contributors"] == b["contributors"]
         for key in ("train_loss", "update_norm", "valid_hr@10", "valid_ndcg@10", "test_hr@10",
                     "test_ndcg@10"):

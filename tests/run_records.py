@@ -1,4 +1,4 @@
-"""What a DP run directory recorded, read back for comparisons between runs."""
+"""What a run directory recorded (metrics, DP ledger), read back to compare runs."""
 
 from __future__ import annotations
 
