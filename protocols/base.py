@@ -45,15 +45,28 @@ class AggregateResult:
 
 
 class AggregationProtocol(ABC):
-    """Base class. Subclasses set ``name``, ``stages`` and ``reveals_individual_updates``.
+    """Base class. Subclasses set ``name``, ``stages`` and the capabilities below.
 
     ``stages`` names the client-to-server uploads in order; a :class:`~protocols.channel.FaultyChannel`
     uses these names to drop or alter messages at a given stage.
+
+    Capabilities (read by the privacy layer from the object, never from the protocol's name):
+
+    - ``reveals_individual_updates``: the server sees each client's vector in the clear.
+    - ``min_clients``: the fewest contributors a round may have; below it the protocol aborts
+      *before* anything about the sum is revealed.
+    - ``supports_distributed_noise``: the protocol hides individual vectors and enforces
+      ``min_clients`` itself, so per-client noise shares protect the released sum.
+    - ``value_range``: the largest absolute coordinate the encoding carries without clamping
+      (``None``: unbounded float vectors).
     """
 
     name: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
     reveals_individual_updates: ClassVar[bool]
+    supports_distributed_noise: ClassVar[bool] = False
+    min_clients: int = 1
+    value_range: float | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AggregationProtocol:
@@ -71,11 +84,16 @@ class AggregationProtocol(ABC):
         *,
         channel: Channel | None = None,
         seed: int = 0,
+        secrets: Mapping[int, bytes] | None = None,
     ) -> AggregateResult:
         """Sum ``updates`` (client id -> 1-D float vector) as the protocol allows.
 
-        ``seed`` fixes any non-secret randomness (such as stochastic rounding) so that a
-        resumed run reproduces an uninterrupted one. Raises
+        ``secrets[c]`` is a 32-byte secret that only client ``c`` holds (derived by the caller
+        from the client's own persistent secret for this round): every random choice the
+        client makes (stochastic rounding, key generation where it must be reproducible) is
+        keyed from it, so the server's view is not a function of public values and a replayed
+        round re-sends the same bytes. ``None`` draws fresh ``os.urandom`` randomness per call
+        (not reproducible). ``seed`` is public and fixes nothing secret. Raises
         :class:`~protocols.errors.TooFewClients` when too few clients survive.
         """
 

@@ -81,6 +81,7 @@ class PlaintextProtocol(AggregationProtocol):
         *,
         channel: Channel | None = None,
         seed: int = 0,
+        secrets: Mapping[int, bytes] | None = None,
     ) -> AggregateResult:
         channel = channel or Channel()
         ids, length = check_updates(updates)

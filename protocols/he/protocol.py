@@ -120,6 +120,7 @@ class HEProtocol(AggregationProtocol):
         *,
         channel: Channel | None = None,
         seed: int = 0,
+        secrets: Mapping[int, bytes] | None = None,
     ) -> AggregateResult:
         channel = channel or Channel()
         ids, length = self._check_round(updates)

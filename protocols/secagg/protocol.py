@@ -103,6 +103,7 @@ class SecAggPlusProtocol(AggregationProtocol):
         *,
         channel: Channel | None = None,
         seed: int = 0,
+        secrets: Mapping[int, bytes] | None = None,
     ) -> SecAggResult:
         """Run one SecAgg+ round; raises :class:`~protocols.errors.TooFewClients` (revealing
         nothing) when too few clients survive to unmask safely."""
