@@ -88,7 +88,7 @@ def claim_from_config(cfg: Config) -> Claim:
     if not raw or raw.get("mode", "none") == "none":
         return Claim()
     from ffm_private.privacy.config import PrivacyConfig
-    from ffm_private.privacy.guarantee import HIDING_PROTOCOLS
+    from protocols.registry import protocol_class
 
     pc = PrivacyConfig.from_dict(raw)
     f = cfg.federated
@@ -98,7 +98,7 @@ def claim_from_config(cfg: Config) -> Claim:
         epsilon, sigma = plan.epsilon, plan.noise_multiplier
     except (config_mod.ConfigError, ValueError, TypeError):
         pass  # example-level plans need the client's DP-SGD figures: keep the target
-    hides = cfg.protocol.name in HIDING_PROTOCOLS
+    hides = not protocol_class(cfg.protocol.name).reveals_individual_updates
     if pc.mode == "user" and pc.noise_placement == "central":
         covers: tuple[str, ...] = ("public",)
         who = "user-level, central noise: covers the released models, not the trusted server"

@@ -15,15 +15,23 @@ import numpy as np
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import SharedSpec
 from ffm_private.privacy.errors import InsufficientNoiseError
+from ffm_private.privacy.mechanism import NothingToRelease
 from protocols import AggregateResult, AggregationProtocol, Channel
 from protocols.errors import ProtocolError, TooFewClients
 
-Averager = Callable[[int, AggregateResult], np.ndarray]
-"""Turns the protocol's result into the mean update to apply (``(round_id, result)``)."""
+Averager = Callable[[int, AggregateResult | None], np.ndarray]
+"""Turns the protocol's result into the mean update to apply (``(round_id, result)``).
+
+``result`` is ``None`` when no sum exists (nobody took part, or the protocol aborted below its
+``min_clients``); an averager that must release every round (central DP) returns a noise-only
+step, others raise :class:`~ffm_private.privacy.mechanism.NothingToRelease`.
+"""
 
 
-def plain_mean(round_id: int, result: AggregateResult) -> np.ndarray:
+def plain_mean(round_id: int, result: AggregateResult | None) -> np.ndarray:
     """FedAvg without DP: the sum divided by the number of contributors."""
+    if result is None or not result.contributors:
+        raise NothingToRelease("no client took part")
     return result.total / len(result.contributors)
 
 
@@ -45,6 +53,7 @@ class RoundOutcome:
     rejected: Mapping[int, str] = field(default_factory=dict)
     update_norm: float = 0.0
     aborted: str | None = None
+    noise_only: bool = False
     bytes_up: int = 0
     individual: Mapping[int, np.ndarray] | None = None
     total: np.ndarray | None = None
@@ -74,23 +83,36 @@ class Server:
         return GlobalModelMessage(round_id=round_id, shared=self.shared)
 
     def aggregate(self, round_id: int, updates: Mapping[int, ClientUpdate], *,
-                  channel: Channel | None = None, seed: int = 0) -> RoundOutcome:
+                  channel: Channel | None = None, seed: int = 0,
+                  secrets: Mapping[int, bytes] | None = None) -> RoundOutcome:
         """Sum the updates through the protocol and take a FedAvg step with their mean.
 
-        A round that aborts (too few clients survive, or too few distributed noise shares)
-        leaves the state unchanged.
+        A round without a sum (nobody took part, or the protocol aborted below its minimum)
+        releases what the averager owes for it: nothing (the state is unchanged) or, under
+        central DP, a noise-only step. Too few distributed noise shares discard the round.
+        ``secrets`` are the clients' own protocol secrets (see
+        :meth:`protocols.base.AggregationProtocol.aggregate`).
         """
         for cid, upd in updates.items():
             if upd.round_id != round_id or upd.client_id != cid:
                 raise ValueError(f"update from client {cid} is not for round {round_id}")
+        result, aborted = None, "no client took part"
         try:
-            result = self.protocol.aggregate(
-                round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel, seed=seed
-            )
+            if updates:
+                result = self.protocol.aggregate(
+                    round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel,
+                    seed=seed, secrets=secrets)
+        except TooFewClients as err:
+            aborted = str(err)
+        try:
             mean = self.averager(round_id, result)
-        except (TooFewClients, InsufficientNoiseError) as err:
-            return RoundOutcome(round_id, applied=False, contributors=(), aborted=str(err))
+        except (NothingToRelease, InsufficientNoiseError) as err:
+            return RoundOutcome(round_id, applied=False, contributors=(),
+                                aborted=aborted if result is None else str(err))
         self.vector = self.vector + self.server_lr * mean
+        if result is None:
+            return RoundOutcome(round_id, applied=True, contributors=(), aborted=aborted,
+                                noise_only=True, update_norm=float(np.linalg.norm(mean)))
         return RoundOutcome(
             round_id=round_id,
             applied=True,

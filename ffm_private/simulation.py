@@ -51,7 +51,7 @@ from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
 from ffm_private.privacy.guarantee import NO_DP
 from ffm_private.privacy.run import RunPrivacy
-from ffm_private.server import Averager, RoundOutcome, Server, plain_mean, sample_clients
+from ffm_private.server import Averager, Server, plain_mean, sample_clients
 from ffm_private.storage import (
     PersonalStore,
     atomic_write_bytes,
@@ -122,12 +122,15 @@ class Simulation:
         self.split = load_split(cfg, self.run_dir)
         # Everything that can refuse the configuration runs before the directory is claimed.
         self.local_cfg = local_config(cfg)
+        self.public = public_users(self.split.n_users, cfg.data.public_fraction,
+                                   cfg.federated.seed)
+        probe = build_model(cfg.model, self.split.n_items)
         self.privacy = RunPrivacy.prepare(
             cfg.privacy, self.run_dir, user_ids=self.user_ids(), rounds=cfg.federated.rounds,
             client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
             resume=resuming, train_sizes=[len(t) for t in self.split.train],
-            local_cfg=self.local_cfg,
-            has_personal=bool(params_of(build_model(cfg.model, self.split.n_items), PERSONAL)))
+            local_cfg=self.local_cfg, has_personal=bool(params_of(probe, PERSONAL)),
+            public=self.public)
         if self.privacy is not None and self.privacy.example_dp is not None:
             self.local_cfg = dataclasses.replace(self.local_cfg,
                                                  example_dp=self.privacy.example_dp)
@@ -135,9 +138,11 @@ class Simulation:
             self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
         except ValueError as err:  # options are checked by the protocol that reads them
             raise config_mod.ConfigError(f"[protocol] {err}") from err
+        if self.privacy is not None:
+            self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
         atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
         if self.privacy is not None:
-            self.privacy.start()
+            self.privacy.start(resuming=resuming)
         self.backbone = self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
@@ -181,6 +186,10 @@ class Simulation:
         a sum with too few noise shares, discarding it afterwards is too late.
         """
         options = dict(self.cfg.protocol.options)
+        if (self.privacy is not None and self.privacy.plan.noise_placement == "distributed"
+                and self.cfg.protocol.name == "secagg"):
+            # the untrusted server must not learn an un-noised statistic of the updates
+            options.setdefault("report_clipped", False)
         if self.privacy is not None and self.privacy.plan.noise_placement == "distributed":
             m = self.privacy.cfg.min_survivors
             if options.setdefault("min_clients", m) < m:
@@ -270,19 +279,20 @@ class Simulation:
             result = train_client(self.workspace, message, state.personal.get(cid),
                                   ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed,
                                   generator=generator)
-            state.personal.put(cid, result.personal)
             losses.append(result.metrics["shared_loss"])
             update = result.update
             if self.privacy is not None:
                 released = self.privacy.release(round_id, cid, update.delta, result.dp)
-                if released is None:
+                if released is None:  # declined: nothing leaves, the personal state is discarded
                     declined.append(cid)
                     continue
-                update = dataclasses.replace(update, delta=released)
+                # only the protected vector leaves: no example count, no losses
+                update = dataclasses.replace(update, delta=released, num_examples=0, metrics={})
+            state.personal.put(cid, result.personal)
             updates[cid] = update
-        outcome = (server.aggregate(round_id, updates, seed=f.seed) if updates else
-                   RoundOutcome(round_id, applied=False, contributors=(),
-                                aborted="no client took part"))
+        secrets = (self.privacy.protocol_secrets(round_id, sorted(updates))
+                   if self.privacy is not None else None)
+        outcome = server.aggregate(round_id, updates, seed=f.seed, secrets=secrets)
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
@@ -293,6 +303,7 @@ class Simulation:
             "dropped": len(outcome.dropped),
             "rejected": len(outcome.rejected),
             "aborted": outcome.aborted,
+            "noise_only": outcome.noise_only,
             "train_loss": float(np.nanmean(losses)) if losses else float("nan"),
             "update_norm": outcome.update_norm,
             "bytes_up": outcome.bytes_up,
@@ -303,12 +314,15 @@ class Simulation:
         return row
 
     def _averager(self, pool_size: int) -> Averager:
+        """The server step of the run's mechanism (the null mechanism without DP)."""
         if self.privacy is None:
             return plain_mean
-        privacy = self.privacy
+        privacy, dim = self.privacy, self.spec.size
 
-        def dp_mean(round_id: int, result: AggregateResult) -> np.ndarray:
-            return privacy.average(round_id, result.total, result.contributors, pool_size)
+        def dp_mean(round_id: int, result: AggregateResult | None) -> np.ndarray:
+            total = None if result is None else result.total
+            contributors = 0 if result is None else len(result.contributors)
+            return privacy.average(round_id, total, contributors, pool_size, dim)
 
         return dp_mean
 

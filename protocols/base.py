@@ -97,6 +97,14 @@ class AggregationProtocol(ABC):
         :class:`~protocols.errors.TooFewClients` when too few clients survive.
         """
 
+    def rounding_bound(self, length: int) -> float:
+        """Largest L2 distance the encoding can move a ``length``-vector (stochastic rounding).
+
+        The privacy layer clips to ``C`` minus this bound, so an encoded update's norm stays
+        at most ``C``. Float protocols move nothing: 0.
+        """
+        return 0.0
+
     def describe(self) -> str:
         """One line for run summaries: what the server learns under this protocol."""
         if self.reveals_individual_updates:

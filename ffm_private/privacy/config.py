@@ -51,6 +51,11 @@ class PrivacyConfig:
                               "or distributed (each client adds its share before masking).")
     min_survivors: int = _f(0, "distributed: fewest clients whose noise shares must reach the "
                             "sum (honest survivors); the round is discarded below it.")
+    expected_clients_per_round: float = _f(0.0, "user mode, central noise (required there): "
+                                           "the public constant the noisy sum is divided by, "
+                                           "typically q x the number of users you expect; "
+                                           "never counted from the data, so one user more or "
+                                           "less cannot change the scale of the noise.")
     max_participations: int = _f(0, "example / distributed user mode: most rounds one user may "
                                  "take part in (0: all rounds); the plan is sized for it.")
     per_user_caps_file: str = _f("", "CSV (user,cap) or TOML ([caps] user = cap) with per-user "
@@ -125,6 +130,17 @@ class PrivacyConfig:
         if not distributed and self.min_survivors:
             raise ConfigError("privacy.min_survivors applies only to noise_placement = "
                               "'distributed' in mode = 'user'")
+        _num("privacy.expected_clients_per_round", self.expected_clients_per_round,
+             allow_zero=True)
+        if self.mode == "user" and not distributed and self.expected_clients_per_round <= 0:
+            raise ConfigError(
+                "privacy.expected_clients_per_round (> 0) is required with noise_placement = "
+                "'central': the noisy sum is divided by this public constant (typically "
+                "federated.client_fraction x the number of users); dividing by a count of the "
+                "data would let the noise scale reveal whether a user is in the dataset")
+        if self.expected_clients_per_round and (self.mode != "user" or distributed):
+            raise ConfigError("privacy.expected_clients_per_round applies only to mode = "
+                              "'user' with noise_placement = 'central'")
         if self.max_participations < 0:
             raise ConfigError(f"privacy.max_participations = {self.max_participations} must "
                               "be >= 0")

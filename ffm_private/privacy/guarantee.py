@@ -14,9 +14,6 @@ from typing import Any
 from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.planner import PrivacyPlan
 
-HIDING_PROTOCOLS = ("secagg", "he")
-"""Protocols under which the server sees only the sum of the clients' updates."""
-
 NO_DP = ("No differential privacy: shared updates carry no formal guarantee; personal "
          "parameters never leave the clients.")
 
@@ -39,20 +36,26 @@ def check_example_level_coverage(*, personal_trains_on_client_data: bool,
 
 
 def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None = None,
-                        protocol: str = "plaintext", min_survivors: int | None = None,
+                        protocol: str = "plaintext", hides_updates: bool | None = None,
+                        min_survivors: int | None = None,
                         rounds_completed: int | None = None,
                         ledger_summary: Mapping[str, Any] | None = None,
-                        test_seeded: bool = False) -> str:
+                        test_seeded: bool = False, expected_clients: float | None = None,
+                        public_users: int = 0) -> str:
     """One paragraph: unit of privacy, epsilon, delta, accountant, who must be trusted, caps.
 
     ``rounds_completed`` (a run stopped early) states the plan's epsilon after those rounds;
     ``ledger_summary`` (:meth:`PrivacyLedger.summary`) adds the per-user caps and spends;
     ``test_seeded`` marks noise drawn from a fixed seed, which protects nothing.
+    ``hides_updates`` is the protocol object's capability (``not
+    reveals_individual_updates``); ``None`` (not yet known) reads it as "reveals".
+    ``public_users`` is the number of public pretraining users outside the claim.
     """
     if plan is None:
         return NO_DP
+    hides = bool(hides_updates)
     distributed = plan.mode == "user" and plan.noise_placement == "distributed"
-    if distributed and protocol not in HIDING_PROTOCOLS:
+    if distributed and not hides:
         raise UnsupportedClaimError(
             f"distributed noise with protocol {protocol!r} shows the server each update with "
             "only its share of the noise: no user-level claim; use secagg or he, or central "
@@ -84,8 +87,9 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
             f"({acc} accountant, for a user taking part in at most {plan.planned_charges} "
             f"rounds; {mech}).")
         parts.append(
-            "The noise is added on the device, so neither the server nor anyone observing "
-            "updates or models needs to be trusted for this guarantee. It protects single "
+            "The noise is added on the device from randomness derived from the client's own "
+            "secret, so neither the server nor anyone observing updates or models needs to be "
+            "trusted for this guarantee. It protects single "
             "interactions: a user's data as a whole (their overall tastes) is not protected "
             "at this epsilon.")
     elif not distributed:
@@ -95,14 +99,16 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
             f"e^epsilon plus delta, with epsilon = {eps:.3f} and delta = {plan.delta:g} ({acc} "
             f"accountant, {plan.rounds} rounds, each client sampled independently with "
             f"probability {plan.client_rate:g} per round; each update clipped to L2 norm {c}, "
-            f"Gaussian noise of std {sigma:.4f} x {c} added to the sum).")
-        sees = ("each client's update" if protocol not in HIDING_PROTOCOLS
+            f"Gaussian noise of std {sigma:.4f} x {c} added to the sum, which is divided by the "
+            f"public constant {expected_clients:g}; a noise-only step is released when nobody "
+            "or too few took part).")
+        sees = ("each client's update" if not hides
                 else "the un-noised sum of the sampled clients' updates")
         parts.append(
             f"The server adds the noise, so the server must be trusted: it sees {sees}. The "
             "guarantee holds against everyone else, provided the client sampling is drawn from "
-            "randomness they cannot see and the set (or number) of participants per round is "
-            "not published.")
+            "the server's own secret, which nobody else sees, and the set (or number) of "
+            "participants per round is not published.")
     else:
         parts.append(
             f"User-level differential privacy against the server: replacing all of one user's "
@@ -114,10 +120,20 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
             f"before {protocol} encoding, and a round is released only if at least "
             f"{min_survivors} noise shares reach the sum).")
         parts.append(
-            f"Nobody beyond the {protocol} protocol needs to be trusted, as long as at least "
-            f"{min_survivors} surviving clients per round are honest (did not reveal their noise). "
-            "Who takes part in a round is visible to the server and not protected, and the "
-            "accounting treats the noise as continuous (fixed-point encoding is not accounted).")
+            f"Each client draws its noise share from its own secret. Nobody beyond the "
+            f"{protocol} protocol needs to be trusted, as long as at least {min_survivors} "
+            "surviving clients per round are honest (did not reveal their noise). Who takes "
+            "part in a round is visible to the server and not protected; the accounting treats "
+            "the noise as continuous Gaussian (the protocol's fixed-point rounding is absorbed "
+            "by clipping below C by its error bound).")
+    if public_users:
+        parts.append(f"The {public_users} users of the public pretraining split are outside the "
+                     "claim: their data trained the backbone without DP; they take part as "
+                     "clients but are not protected or charged.")
+    parts.append("In the in-process simulation every party's secret (each client's and the "
+                 "server's) is stored on the one machine that runs it: whoever controls that "
+                 "machine holds them all. Evaluation metrics computed on held-out items and the "
+                 "round chosen on them are diagnostics outside the claim.")
     if rounds_note:
         parts.append(rounds_note.strip())
     if ledger_summary is not None:
@@ -146,4 +162,4 @@ def _caps_sentence(summary: Mapping[str, Any], plan: PrivacyPlan) -> str:
     return text
 
 
-__all__ = ["HIDING_PROTOCOLS", "NO_DP", "check_example_level_coverage", "guarantee_statement"]
+__all__ = ["NO_DP", "check_example_level_coverage", "guarantee_statement"]

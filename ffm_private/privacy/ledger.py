@@ -71,6 +71,11 @@ def _uid(user: int | str) -> str:
     return str(user)
 
 
+def _limit(before_round: int | None) -> int:
+    """The exclusive upper bound on rounds for a read (everything when ``None``)."""
+    return 2**62 if before_round is None else _round(before_round)
+
+
 def _round(round_id: int) -> int:
     if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
         raise LedgerError(f"round = {round_id!r} must be a non-negative integer")
@@ -188,26 +193,33 @@ class PrivacyLedger:
                                (_uid(user),)).fetchone()
         return float(row[0]) if row and row[0] is not None else 0.0
 
-    def participations(self, user: int | str) -> int:
-        """How many rounds the user has been charged for."""
-        return int(self._db.execute("SELECT COUNT(*) FROM spends WHERE user = ?",
-                                    (_uid(user),)).fetchone()[0])
+    def participations(self, user: int | str, before_round: int | None = None) -> int:
+        """How many rounds the user has been charged for (only rounds < ``before_round``).
+
+        ``before_round`` reads the ledger as it stood when that round started, so a round
+        replayed after a crash (whose charges may already be recorded) selects as it did.
+        """
+        limit = _limit(before_round)
+        return int(self._db.execute("SELECT COUNT(*) FROM spends WHERE user = ? AND round < ?",
+                                    (_uid(user), limit)).fetchone()[0])
 
     def rounds(self, user: int | str) -> list[int]:
         """The rounds the user was charged for, in order."""
         return [int(r) for (r,) in self._db.execute(
             "SELECT round FROM spends WHERE user = ? ORDER BY round", (_uid(user),))]
 
-    def history(self, user: int | str) -> tuple[GaussianEvent, ...]:
-        """The user's composed mechanism history (empty if never charged)."""
-        rows = self._db.execute("SELECT events FROM spends WHERE user = ? ORDER BY round",
-                                (_uid(user),)).fetchall()
+    def history(self, user: int | str, before_round: int | None = None
+                ) -> tuple[GaussianEvent, ...]:
+        """The user's composed mechanism history (rounds < ``before_round``; empty if none)."""
+        rows = self._db.execute("SELECT events FROM spends WHERE user = ? AND round < ? "
+                                "ORDER BY round", (_uid(user), _limit(before_round))).fetchall()
         events = [e for (text,) in rows for e in _events_from_json(text)]
         return compose(events) if events else ()
 
-    def next_epsilon(self, user: int | str, events: Iterable[GaussianEvent]) -> float:
+    def next_epsilon(self, user: int | str, events: Iterable[GaussianEvent],
+                     before_round: int | None = None) -> float:
         """Epsilon the user would have after one more charge of ``events``."""
-        return self._epsilon(list(self.history(user)) + list(events))
+        return self._epsilon(list(self.history(user, before_round)) + list(events))
 
     def would_exceed(self, user: int | str, epsilon_after: float) -> bool:
         """True when reaching ``epsilon_after`` would take the user past their cap."""

@@ -1,27 +1,33 @@
-"""The privacy side of one training run: plan, ledger, noise, and the three places DP acts.
+"""The privacy side of one training run: plan, ledger, secrets, and the three places DP acts.
 
 A run with ``privacy.mode != "none"`` owns one :class:`RunPrivacy`. The federated loop calls it
 at three points of every round, in the order of the round's data flow:
 
-1. :meth:`RunPrivacy.select` — who may take part. Users whose next charge would exceed their
-   cap (or who used up ``max_participations``) decline. Under user-level DP with central noise
-   every user still in the pool is charged *now*, before sampling (the accountant's
-   amplification by Poisson sampling covers users who are not picked), and the sample is
-   drawn from secret randomness.
+1. :meth:`RunPrivacy.select` — who may take part. Protected users whose next charge would
+   exceed their cap (or who used up ``max_participations``) decline; eligibility is read from
+   the ledger as it stood when the round started, so a replayed round selects as it did.
+   Under user-level DP with central noise every protected user still in the pool is charged
+   *now*, before sampling (the accountant's amplification by Poisson sampling covers users who
+   are not picked), and the sample is drawn from the server's own secret.
 2. :meth:`RunPrivacy.release` — on the client, after local training and before anything
-   leaves the device: clip the shared update to ``C`` (user level), add this client's share of
-   the noise (distributed placement), or check that the client's DP-SGD (example level,
-   driven by :meth:`RunPrivacy.client_generator`) ran no more than the plan covers; then
-   durably charge the participation (participation basis) with a digest of the exact bytes
-   released.
-3. :meth:`RunPrivacy.average` — on the server, from the protocol's sum: add ``N(0, (sigma C)^2)``
-   (central placement) and divide by the *expected* number of participants, or refuse to
-   release a distributed-noise sum with fewer noise shares than planned.
+   leaves the device: the mechanism's client transform (clip to ``C``, add this client's noise
+   share from the client's own secret), or the check that the client's DP-SGD ran no more
+   than the plan covers; then the participation charge (durable, with a digest of the exact
+   bytes released). Only an admitted release is returned, stripped of every unprotected
+   statistic (example count, losses).
+3. :meth:`RunPrivacy.average` — on the server, from the protocol's sum: the mechanism's server
+   transform (central noise from the server's secret, divided by a *public* constant; a
+   noise-only step when nobody or too few took part; or the refusal of a distributed-noise
+   sum with fewer shares than planned).
 
-The plan (noise multiplier) is searched once and saved in ``<run>/privacy/plan.json``; the
-ledger is ``<run>/privacy/ledger.sqlite``; the secret root of all noise and sampling
-randomness is ``<run>/privacy/noise.key`` (mode 0600), so a round replayed after a crash
-releases exactly the same noisy update and is never charged twice.
+The mechanism itself is an object (:mod:`ffm_private.privacy.mechanism`) built from the plan in
+one place; the A6 audit runs the same object. The plan is searched once and saved in
+``<run>/privacy/plan.json``; the ledger is ``<run>/privacy/ledger.sqlite``; the secrets live
+with their owners (:mod:`ffm_private.privacy.client_secrets`).
+
+Users of the public pretraining split are not protected: their data trained the backbone
+without DP. They take part as clients (their updates pass through the same mechanism) but are
+never charged, and the guarantee and the delta check cover the other users only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch
 
 from ffm_private.client import LocalTrainingConfig
 from ffm_private.config import ConfigError
+from ffm_private.privacy.client_secrets import SERVER, MissingSecretError, SecretStore
 from ffm_private.privacy.config import PrivacyConfig
 from ffm_private.privacy.dpsgd import (
     DPRunReport,
@@ -49,18 +56,15 @@ from ffm_private.privacy.dpsgd import (
 from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.guarantee import guarantee_statement
 from ffm_private.privacy.ledger import PrivacyLedger
-from ffm_private.privacy.mechanisms import (
-    NoiseSource,
-    add_central_noise,
-    add_distributed_noise,
-    check_survivors,
-    clip_to_norm,
-    poisson_sample,
-)
+from ffm_private.privacy.mechanism import Mechanism, ReleaseContext, mechanism_for
+from ffm_private.privacy.mechanisms import distributed_noise_std, poisson_sample
 from ffm_private.privacy.planner import PrivacyPlan
 
 PRIVACY_DIR = "privacy"
-_SAMPLING, _CLIENT_NOISE = 2, 0
+_SAMPLING, _CLIENT_NOISE, _SERVER_NOISE = 2, 0, 1
+NOISE_RANGE_SIGMAS = 8.0
+"""Distributed noise: the protocol must carry ``C + 8 std`` per coordinate without clamping
+(a Gaussian exceeds 8 std with probability below 1.3e-15 per coordinate)."""
 
 
 @dataclass(frozen=True)
@@ -78,43 +82,53 @@ def update_digest(vector: np.ndarray) -> str:
 
 
 class RunPrivacy:
-    """Plan, ledger and noise of a run; see the module docstring for when each part acts.
+    """Plan, mechanism, ledger and secrets of a run; see the module docstring for when each acts.
 
-    Built in two steps so that a configuration that supports no claim is refused before the
-    run directory is touched: :meth:`prepare` checks everything in memory (and searches the
-    noise once); :meth:`start` writes the plan, opens the ledger and the noise root.
+    Built in steps so that a configuration that supports no claim is refused before the run
+    directory is touched: :meth:`prepare` checks everything in memory (and searches the noise
+    once); :meth:`bind_protocol` checks the protocol's capabilities; :meth:`start` writes the
+    plan and opens the ledger and the secrets.
     """
 
     def __init__(self, cfg: PrivacyConfig, plan: PrivacyPlan, *, folder: Path,
-                 caps: dict[str, float], protocol: str, user_ids: Sequence[str]) -> None:
+                 caps: dict[str, float], protocol: str, user_ids: Sequence[str],
+                 public: Sequence[int] = ()) -> None:
         self.cfg, self.plan, self.folder, self.caps = cfg, plan, folder, caps
         self.protocol = protocol
+        self.hides_updates: bool | None = None
         self.user_ids = list(user_ids)
+        self.public = frozenset(int(u) for u in public)
         self._ledger: PrivacyLedger | None = None
-        self._noise: NoiseSource | None = None
+        self._secrets: SecretStore | None = None
+        self.mechanism: Mechanism = mechanism_for(
+            plan, clipping_norm=cfg.clipping_norm, min_survivors=cfg.min_survivors,
+            expected_clients=cfg.expected_clients_per_round)
         #: Example-level DP-SGD settings for every client (``None`` in user mode).
         self.example_dp: ExampleDP | None = None
-        # refuse, before any file is written, a claim that cannot be stated
-        guarantee_statement(plan, clipping_norm=cfg.clipping_norm, protocol=protocol,
-                            min_survivors=cfg.min_survivors or None)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def prepare(cls, raw: dict[str, Any], run_dir: str | Path, *, user_ids: Sequence[Any],
                 rounds: int, client_fraction: float, protocol: str, resume: bool = False,
                 train_sizes: Sequence[int] = (), local_cfg: LocalTrainingConfig | None = None,
-                has_personal: bool = True) -> RunPrivacy | None:
+                has_personal: bool = True, public: Sequence[int] = ()) -> RunPrivacy | None:
         """The run's privacy, checked but not started; ``None`` for ``mode = "none"``.
 
         ``user_ids[c]`` is the dataset's id of client ``c``: the ledger and the per-user caps
-        file speak in those ids. A resumed run reloads its saved plan (no new noise search)
-        and refuses one planned for other settings. Example-level DP sizes its DP-SGD once
-        from ``train_sizes`` (training interactions per client) and ``local_cfg``.
+        file speak in those ids. ``public`` lists the clients of the public pretraining split
+        (not protected, never charged). A resumed run reloads its saved plan (no new noise
+        search) and refuses one planned for other settings. Example-level DP sizes its
+        DP-SGD once from public configuration and ``local_cfg``.
         """
         cfg = PrivacyConfig.from_dict(raw)
         if not cfg.enabled:
             return None
         user_ids = [str(u) for u in user_ids]
+        public = sorted(set(int(u) for u in public))
+        protected = [c for c in range(len(user_ids)) if c not in set(public)]
+        if not protected:
+            raise ConfigError("every user is in the public pretraining split: nobody is left "
+                              "to protect (lower data.public_fraction)")
         inputs: dict[str, Any] = {"rounds": rounds, "client_rate": client_fraction}
         example = None
         if cfg.mode == "example":
@@ -124,9 +138,9 @@ class RunPrivacy:
             check_coverage(has_personal=has_personal, personal_epochs=local_cfg.personal_epochs,
                            personal_steps=example.personal_steps)
             inputs.update(example.plan_kwargs())
-            cfg.check_delta_for(int(np.sum(train_sizes)))  # units: interactions
+            cfg.check_delta_for(int(np.sum([train_sizes[c] for c in protected])))
         else:
-            cfg.check_delta_for(len(user_ids))
+            cfg.check_delta_for(len(protected))
         caps = cfg.caps()
         unknown = sorted(set(caps) - set(user_ids))
         if unknown:
@@ -136,14 +150,51 @@ class RunPrivacy:
         saved = folder / "plan.json"
         plan = (_saved_plan(cfg, saved, inputs) if resume and saved.exists()
                 else cfg.plan(**inputs))
-        out = cls(cfg, plan, folder=folder, caps=caps, protocol=protocol, user_ids=user_ids)
+        out = cls(cfg, plan, folder=folder, caps=caps, protocol=protocol, user_ids=user_ids,
+                  public=public)
         out.example_dp = (None if example is None else ExampleDP.from_plan(
             plan, clipping_norm=cfg.clipping_norm,
             expected_batch_size=example.expected_batch_size))
         return out
 
-    def start(self) -> RunPrivacy:
-        """Write the plan, open the durable ledger and the secret noise root."""
+    def bind_protocol(self, protocol: Any, dim: int) -> RunPrivacy:
+        """Check the protocol's declared capabilities against the mechanism (not its name).
+
+        Distributed noise needs a protocol that hides individual updates and enforces its
+        ``min_clients`` itself, and whose value range carries ``C`` plus the noise without
+        clamping; the clip is lowered by the protocol's rounding bound so that encoding cannot
+        lift a norm above ``C``.
+        """
+        self.protocol = protocol.name
+        self.hides_updates = not protocol.reveals_individual_updates
+        if self.plan.noise_placement == "distributed" and self.plan.mode == "user":
+            if not getattr(protocol, "supports_distributed_noise", False):
+                raise UnsupportedClaimError(
+                    f"distributed noise with protocol {protocol.name!r}: the protocol does not "
+                    "hide individual updates behind a threshold, so each update would be seen "
+                    "with only its share of the noise; use secagg or he, or central noise")
+            c = self.cfg.clipping_norm
+            std = distributed_noise_std(self.plan.noise_multiplier, c, self.cfg.min_survivors)
+            value_range = getattr(protocol, "value_range", None)
+            if value_range is not None and value_range < c + NOISE_RANGE_SIGMAS * std:
+                raise ConfigError(
+                    f"protocol.options.clip = {value_range:g} is too small for distributed "
+                    f"noise: a coordinate carries up to C + {NOISE_RANGE_SIGMAS:g} std = "
+                    f"{c + NOISE_RANGE_SIGMAS * std:.4g}; larger values would be clamped, "
+                    "which the accounting does not cover. Raise protocol.options.clip")
+            bound = getattr(protocol, "rounding_bound", None)
+            margin = float(bound(dim)) if callable(bound) else 0.0
+            if margin >= c:
+                raise ConfigError(f"the protocol's rounding error bound {margin:.3g} is not "
+                                  f"below privacy.clipping_norm = {c:g}")
+            self.mechanism = mechanism_for(self.plan, clipping_norm=c,
+                                           min_survivors=self.cfg.min_survivors,
+                                           rounding_margin=margin)
+        self.statement()  # refuse, before any file is written, a claim that cannot be stated
+        return self
+
+    def start(self, *, resuming: bool = False) -> RunPrivacy:
+        """Write the plan, open the durable ledger and the parties' secrets."""
         from ffm_private.storage import atomic_write_json
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -152,8 +203,10 @@ class RunPrivacy:
                                      accountant=self.cfg.accountant,
                                      default_cap=self.cfg.cap_for_plan(self.plan),
                                      caps=self.caps)
-        self._noise = (NoiseSource(test_seed=self.cfg.noise_seed) if self.cfg.noise_seed >= 0
-                       else NoiseSource.persistent(self.folder / "noise.key"))
+        seed = self.cfg.noise_seed if self.cfg.noise_seed >= 0 else None
+        self._secrets = SecretStore(self.folder.parent, test_seed=seed)
+        if resuming and self._ledger.summary()["users_charged"]:
+            self._secrets.secret(SERVER, must_exist=True)
         return self
 
     @property
@@ -163,14 +216,18 @@ class RunPrivacy:
         return self._ledger
 
     @property
-    def noise(self) -> NoiseSource:
-        if self._noise is None:
+    def secrets(self) -> SecretStore:
+        if self._secrets is None:
             raise RuntimeError("RunPrivacy.start() has not been called")
-        return self._noise
+        return self._secrets
 
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
+
+    def protected(self, client: int) -> bool:
+        """Whether ``client`` is covered by the guarantee (not a public pretraining user)."""
+        return client not in self.public
 
     # -- 1. selection -------------------------------------------------------------------------
     def select(self, round_id: int, users: Sequence[int],
@@ -179,55 +236,60 @@ class RunPrivacy:
 
         ``sampler`` draws from a pool when sampling does not matter for the guarantee
         (participation charging); with central noise the sample is Poisson with the plan's
-        rate, from the secret noise root, because the accountant relies on it.
+        rate, from the server's secret, because the accountant relies on it.
         """
+        protected = [u for u in users if self.protected(u)]
+        public = [u for u in users if not self.protected(u)]
         if self.plan.charge_basis == "eligibility":
-            decisions = self.ledger.charge_many([self.user_ids[u] for u in users], round_id,
+            decisions = self.ledger.charge_many([self.user_ids[u] for u in protected], round_id,
                                                 self.plan.charge_events())
-            pool = [u for u in users if decisions[self.user_ids[u]].admitted]
-            rng = self.noise.generator(round_id, "sampling", purpose=_SAMPLING)
+            pool = sorted([u for u in protected if decisions[self.user_ids[u]].admitted]
+                          + public)
+            rng = self.secrets.noise(SERVER).generator(round_id, "sampling", purpose=_SAMPLING)
             sampled = poisson_sample(pool, self.plan.client_rate, rng)
         else:
             events = self.plan.charge_events()
-            keys = {u: self.user_ids[u] for u in users}
-            pool = [u for u in users
-                    if self.ledger.participations(keys[u]) < self.plan.planned_charges
-                    and not self.ledger.would_exceed(keys[u],
-                                                     self.ledger.next_epsilon(keys[u], events))]
+            keys = {u: self.user_ids[u] for u in protected}
+            pool = sorted([u for u in protected
+                           if self.ledger.participations(keys[u], before_round=round_id)
+                           < self.plan.planned_charges
+                           and not self.ledger.would_exceed(
+                               keys[u], self.ledger.next_epsilon(keys[u], events,
+                                                                 before_round=round_id))]
+                          + public)
             sampled = sampler(pool) if pool else []
         declined = sorted(set(users) - set(pool))
         return Selection(sorted(sampled), declined, len(pool))
 
     # -- 2. the client's side -----------------------------------------------------------------
     def client_generator(self, round_id: int, client: int) -> torch.Generator | None:
-        """The secret DP-SGD generator of ``client`` in ``round_id`` (example mode only)."""
+        """The client's own secret DP-SGD generator in ``round_id`` (example mode only)."""
         if self.example_dp is None:
             return None
-        return torch_generator(self.noise, round_id, client)
+        return torch_generator(self.secrets.noise(client), round_id, client)
+
+    def protocol_secrets(self, round_id: int, clients: Sequence[int]) -> dict[int, bytes]:
+        """Each client's protocol secret for ``round_id``, from that client's own root."""
+        return {c: self.secrets.protocol_secret(c, round_id) for c in clients}
 
     def release(self, round_id: int, client: int, delta: np.ndarray,
                 report: DPRunReport | None = None) -> np.ndarray | None:
         """What the client sends; ``None`` if it must decline.
 
-        User level: the update clipped to ``C`` (plus this client's noise share under
-        distributed placement). Example level: the DP-SGD output as it is, after checking
-        that the client ran no more than the plan covers (``report``). For participation
-        charging the spend is recorded durably *before* the vector is returned, i.e. before
-        it can leave the client.
+        The mechanism's client transform (user level: clipped, plus this client's noise share
+        under distributed placement, from the client's own secret). Example level: the
+        DP-SGD output as it is, after checking that the client ran no more than the plan
+        covers (``report``). For participation charging the spend is recorded durably
+        *before* the vector is returned, i.e. before it can leave the client.
         """
         if self.plan.mode == "example":
             if report is None:
                 raise UnsupportedClaimError(f"client {client} ran no DP-SGD in an "
                                             "example-level run")
             self.plan.check_client(**report.check_kwargs())
-            out = np.asarray(delta, dtype=np.float64)
-        else:
-            out = clip_to_norm(delta, self.cfg.clipping_norm)
-        if self.plan.noise_placement == "distributed":
-            rng = self.noise.generator(round_id, client, purpose=_CLIENT_NOISE)
-            out = add_distributed_noise(out, self.plan.noise_multiplier, self.cfg.clipping_norm,
-                                        self.cfg.min_survivors, rng)
-        if self.plan.charge_basis == "participation":
+        rng = self.secrets.noise(client).generator(round_id, client, purpose=_CLIENT_NOISE)
+        out = self.mechanism.client_transform(delta, rng)
+        if self.plan.charge_basis == "participation" and self.protected(client):
             decision = self.ledger.charge(self.user_ids[client], round_id,
                                           self.plan.charge_events(),
                                           digest=update_digest(out))
@@ -236,36 +298,54 @@ class RunPrivacy:
         return out
 
     # -- 3. the server's release --------------------------------------------------------------
-    def average(self, round_id: int, total: np.ndarray, contributors: Sequence[int],
-                pool_size: int) -> np.ndarray:
-        """The mean update to apply, with the DP noise the plan requires.
+    def average(self, round_id: int, total: np.ndarray | None, contributors: int,
+                pool_size: int, dim: int) -> np.ndarray:
+        """The mean update to apply and release: the mechanism's server transform.
 
-        Central: ``(sum + N(0, (sigma C)^2)) / (q * pool_size)``: a fixed denominator, so the
-        number of participants is not revealed through the step size. Distributed: the sum
-        already carries the noise; fewer than ``min_survivors`` shares raise
+        Central: ``(sum + N(0, (sigma C)^2)) / expected_clients_per_round`` (a public
+        constant), every round, noise only when nobody or too few took part. Distributed:
+        fewer than ``min_survivors`` shares raise
         :class:`~ffm_private.privacy.errors.InsufficientNoiseError` (the round is discarded).
         """
-        if self.plan.mode == "example":  # the noise was added on the devices
-            return np.asarray(total, dtype=np.float64) / len(contributors)
-        if self.plan.noise_placement == "distributed":
-            check_survivors(len(contributors), self.cfg.min_survivors)
-            return np.asarray(total, dtype=np.float64) / len(contributors)
-        noisy = add_central_noise(total, self.plan.noise_multiplier, self.cfg.clipping_norm,
-                                  self.noise.server_generator(round_id))
-        return noisy / (self.plan.client_rate * max(pool_size, 1))
+        ctx = ReleaseContext(round_id, contributors=contributors, pool_size=pool_size, dim=dim)
+        rng = self.secrets.noise(SERVER).generator(round_id, SERVER, purpose=_SERVER_NOISE)
+        return self.mechanism.server_transform(total, ctx, rng)
+
+    # -- state checks -------------------------------------------------------------------------
+    def secrets_fingerprint(self) -> dict[str, str]:
+        """Fingerprints of the secrets in use (checked on resume; reveal nothing)."""
+        return self.secrets.fingerprint([SERVER, *range(len(self.user_ids))])
+
+    def verify_secrets(self, saved: dict[str, str]) -> None:
+        """Refuse to resume when a secret the checkpoint used is gone or changed.
+
+        (A secret first created after the checkpoint and lost with the crash is caught by the
+        ledger instead: the replayed release has a different digest.)
+        """
+        now = self.secrets_fingerprint()
+        for party, digest in saved.items():
+            if now.get(party) != digest:
+                where = self.secrets.path(party if party == SERVER else int(party))
+                state = "is missing" if party not in now else "has changed"
+                raise MissingSecretError(
+                    f"{where} {state} since the last checkpoint: the rounds already released "
+                    "cannot be replayed with the same noise; the run cannot be resumed")
 
     # -- reporting ----------------------------------------------------------------------------
     def epsilon_after_rounds(self, rounds: int) -> float:
-        """Worst-case epsilon of any user after ``rounds`` rounds of this plan."""
+        """Worst-case epsilon of any protected user after ``rounds`` rounds of this plan."""
         return self.plan.epsilon_after_rounds(rounds)
 
     def statement(self, rounds_completed: int | None = None, with_ledger: bool = False) -> str:
         """The guarantee in words (raises for a configuration that supports no claim)."""
         return guarantee_statement(
             self.plan, clipping_norm=self.cfg.clipping_norm, protocol=self.protocol,
+            hides_updates=self.hides_updates,
             min_survivors=self.cfg.min_survivors or None, rounds_completed=rounds_completed,
             ledger_summary=self.ledger.summary() if with_ledger else None,
-            test_seeded=self.noise.is_test_seeded)
+            test_seeded=self.cfg.noise_seed >= 0,
+            expected_clients=self.cfg.expected_clients_per_round or None,
+            public_users=len(self.public))
 
     def report(self, rounds_completed: int) -> dict[str, Any]:
         """The run summary's privacy block: statement, plan, spends."""
@@ -273,6 +353,7 @@ class RunPrivacy:
         return {
             "statement": self.statement(rounds_completed, with_ledger=True),
             "mode": self.plan.mode,
+            "mechanism": self.mechanism.describe(),
             "epsilon": self.epsilon_after_rounds(rounds_completed),
             "planned_epsilon": self.plan.epsilon,
             "delta": self.plan.delta,
@@ -280,7 +361,10 @@ class RunPrivacy:
             "noise_multiplier": self.plan.noise_multiplier,
             "clipping_norm": self.cfg.clipping_norm,
             "noise_placement": self.plan.noise_placement,
-            "test_seeded": self.noise.is_test_seeded,
+            "expected_clients_per_round": self.cfg.expected_clients_per_round or None,
+            "test_seeded": self.cfg.noise_seed >= 0,
+            "protected_users": len(self.user_ids) - len(self.public),
+            "public_users_not_protected": len(self.public),
             "users_charged": ledger["users_charged"],
             "max_user_epsilon": ledger["max_epsilon"],
             "mean_user_epsilon": ledger["mean_epsilon"],

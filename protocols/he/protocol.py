@@ -46,6 +46,7 @@ class HEProtocol(AggregationProtocol):
     name = "he"
     stages = ("encrypted_update", "decrypted_sum")
     reveals_individual_updates = False
+    supports_distributed_noise = True
 
     def __init__(self, options: HEOptions | None = None, *, key_holder: KeyHolder | None = None,
                  progress: bool = False) -> None:

@@ -79,6 +79,7 @@ class SecAggPlusProtocol(AggregationProtocol):
     name = "secagg"
     stages = STAGES
     reveals_individual_updates = False
+    supports_distributed_noise = True
 
     def __init__(self, options: SecAggOptions | None = None, *,
                  entropy: cr.Entropy | None = None) -> None:

@@ -18,7 +18,7 @@ def claimed_run(fedmf_run, tmp_path_factory):
     shutil.copytree(fedmf_run, run)
     cfg = config_mod.load(run / "config.toml").replace(
         run_dir=str(run), privacy={"mode": "user", "target_epsilon": 1.0, "delta": 1e-5,
-                                   "clipping_norm": 1.0})
+                                   "clipping_norm": 1.0, "expected_clients_per_round": 10.0})
     (run / "config.toml").write_text(config_mod.to_toml(cfg))
     return run
 

@@ -20,7 +20,8 @@ def dp_run(audit_data_dir, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("dp") / "run"
     cfg = fedmf_config(audit_data_dir, run_dir, privacy={
-        "mode": "user", "target_epsilon": 1.0, "delta": 1e-5, "clipping_norm": CLIP})
+        "mode": "user", "target_epsilon": 1.0, "delta": 1e-5, "clipping_norm": CLIP,
+        "expected_clients_per_round": 10.0})
     run_training(cfg, progress=False)
     return AuditContext.from_run(run_dir, seed=0)
 

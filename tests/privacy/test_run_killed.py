@@ -22,7 +22,8 @@ from tests.run_records import ledger_spends, round_metrics
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIVACY = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3}
+PRIVACY = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3,
+           "expected_clients_per_round": 40.0}
 
 
 def _latest_charged_round(ledger: Path) -> int:

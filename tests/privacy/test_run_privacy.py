@@ -15,19 +15,22 @@ from ffm_private.privacy.errors import (
     LedgerConflictError,
     UnsupportedClaimError,
 )
-from ffm_private.privacy.mechanisms import NoiseSource
 from ffm_private.privacy.run import RunPrivacy
 from ffm_private.server import Server
 from ffm_private.simulation import Simulation, run_training
 from ffm_private.storage import load_arrays
+from protocols import registry
 from tests.run_records import ledger_spends, round_metrics
 
-CENTRAL = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3}
+CENTRAL = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3,
+           "expected_clients_per_round": 40.0}
 
 
 def _dp_config(tiny_config, **privacy):
-    return tiny_config.replace(**{"federated.client_fraction": 0.5,
-                                  "privacy": {**CENTRAL, **privacy}})
+    raw = {**CENTRAL, **privacy}
+    if raw.get("noise_placement") == "distributed":
+        del raw["expected_clients_per_round"]
+    return tiny_config.replace(**{"federated.client_fraction": 0.5, "privacy": raw})
 
 
 def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
@@ -36,10 +39,13 @@ def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
     run = Path(cfg.run_dir)
     details = summary["privacy_details"]
     plan = json.loads((run / "privacy" / "plan.json").read_text())
-    # Eligibility charging: 3 rounds x every user, whether sampled or not.
+    # Eligibility charging: 3 rounds x every protected user, whether sampled or not; the
+    # public pretraining users are outside the claim and never charged.
     spends = ledger_spends(run)
-    n_users = summary["dataset"]["users"]
-    assert len(spends) == 3 * n_users
+    protected = details["protected_users"]
+    assert protected + details["public_users_not_protected"] == summary["dataset"]["users"]
+    assert details["public_users_not_protected"] > 0
+    assert len(spends) == 3 * protected
     assert {r for _, r, _, _ in spends} == {1, 2, 3}
     eps = [r["epsilon"] for r in round_metrics(run)]
     assert eps == sorted(eps) and eps[-1] == pytest.approx(plan["epsilon"])
@@ -54,7 +60,7 @@ def test_central_run_charges_every_user_in_the_pool_each_round(tiny_config):
     assert len({r["sampled"] for r in round_metrics(run)}) > 1
 
 
-def test_applied_step_carries_noise_of_std_sigma_c_over_the_expected_count(tiny_config):
+def test_applied_step_carries_noise_of_std_sigma_c_over_the_public_constant(tiny_config):
     """With a negligible clipping norm the global step is the central noise alone."""
     c = 1e-9
     cfg = _dp_config(tiny_config, clipping_norm=c).replace(**{"federated.rounds": 1})
@@ -63,7 +69,7 @@ def test_applied_step_carries_noise_of_std_sigma_c_over_the_expected_count(tiny_
     before = sim.spec.flatten(state.shared)
     sim.run_round(state, 1)
     step = sim.spec.flatten(state.shared) - before
-    expected = sim.privacy.plan.noise_multiplier * c / (0.5 * sim.split.n_users)
+    expected = sim.privacy.plan.noise_multiplier * c / CENTRAL["expected_clients_per_round"]
     # n coordinates: the sample std has relative standard error 1/sqrt(2n).
     tol = 5 / math.sqrt(2 * step.size)
     assert np.std(step) == pytest.approx(expected, rel=tol)
@@ -73,7 +79,7 @@ def test_applied_step_carries_noise_of_std_sigma_c_over_the_expected_count(tiny_
 def test_user_caps_file_makes_users_decline_and_is_never_exceeded(tiny_config, tmp_path):
     cfg = _dp_config(tiny_config)
     probe = Simulation(cfg.replace(run_dir=str(tmp_path / "probe")), progress=False)
-    ids = probe.user_ids()
+    ids = [u for c, u in enumerate(probe.user_ids()) if probe.privacy.protected(c)]
     one_round = probe.privacy.plan.epsilon_after(1)
     caps = tmp_path / "caps.csv"
     caps.write_text(f"user,cap\n{ids[0]},{one_round * 1.001}\n{ids[1]},{one_round / 2}\n")
@@ -128,20 +134,24 @@ def test_resume_mid_round_replays_the_same_charges_and_noise(tiny_config, tmp_pa
 def test_secret_noise_root_is_kept_private_and_reused(tiny_config):
     cfg = _dp_config(tiny_config, noise_seed=-1).replace(**{"federated.rounds": 1})
     summary = run_training(cfg, progress=False)
-    key = Path(cfg.run_dir) / "privacy" / "noise.key"
+    key = Path(cfg.run_dir) / "server" / "secret.key"
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    assert not (Path(cfg.run_dir) / "privacy" / "noise.key").exists()
     assert "NO privacy" not in summary["privacy"]
     first = key.read_bytes()
     Simulation(cfg, resume=True, progress=False)
     assert key.read_bytes() == first
 
 
-def _privacy(tmp_path, protocol="secagg", **raw) -> RunPrivacy:
+def _privacy(tmp_path, protocol="secagg", dim=100, **raw) -> RunPrivacy:
     base = {"mode": "user", "target_epsilon": 2.0, "noise_seed": 0, **raw}
+    if base.get("noise_placement", "central") == "central":
+        base.setdefault("expected_clients_per_round", 50.0)
     privacy = RunPrivacy.prepare(base, tmp_path, user_ids=range(500), rounds=10,
                                  client_fraction=0.1, protocol=protocol)
     assert privacy is not None
-    return privacy.start()
+    options = {"clip": 1000.0} if protocol == "secagg" else {}
+    return privacy.bind_protocol(registry.create(protocol, options), dim).start()
 
 
 def test_release_clips_and_adds_the_distributed_share(tmp_path):
@@ -153,7 +163,7 @@ def test_release_clips_and_adds_the_distributed_share(tmp_path):
     share = privacy.plan.noise_multiplier * 2.0 / math.sqrt(25)
     assert np.std(out) == pytest.approx(share, rel=5 / math.sqrt(2 * 40_000))
     noisy_big = privacy.release(1, 8, big)
-    noise = NoiseSource(test_seed=0).generator(1, 8).normal(0.0, share, big.shape)
+    noise = privacy.secrets.noise(8).generator(1, 8).normal(0.0, share, big.shape)
     np.testing.assert_allclose(noisy_big - noise, np.full(40_000, 2.0 / 200.0), rtol=1e-9)
     # Each participation is charged once, before release; replaying it is free...
     assert privacy.ledger.participations("7") == 1
@@ -167,8 +177,8 @@ def test_release_clips_and_adds_the_distributed_share(tmp_path):
 def test_distributed_average_refuses_too_few_noise_shares(tmp_path):
     privacy = _privacy(tmp_path, noise_placement="distributed", min_survivors=5)
     with pytest.raises(InsufficientNoiseError):
-        privacy.average(1, np.zeros(4), contributors=[1, 2, 3, 4], pool_size=500)
-    np.testing.assert_allclose(privacy.average(1, np.full(4, 10.0), [1, 2, 3, 4, 5], 500), 2.0)
+        privacy.average(1, np.zeros(4), contributors=4, pool_size=500, dim=4)
+    np.testing.assert_allclose(privacy.average(1, np.full(4, 10.0), 5, 500, 4), 2.0)
 
 
 def test_central_release_only_clips(tmp_path):

@@ -1,0 +1,234 @@
+"""DP mechanisms as objects: one interface, run by the simulation, the deployment and the A6 audit.
+
+A :class:`Mechanism` says what happens to a shared update on the client before it leaves the
+device (:meth:`Mechanism.client_transform`: clip, add this client's noise share) and what the
+server does to the protocol's sum before the step is released
+(:meth:`Mechanism.server_transform`: add central noise, divide by a *public* constant). It also
+says which accounting events one charge adds (:meth:`Mechanism.events`) and what it claims.
+
+Each transform is composed of small steps (``clip``, ``client_noise``, ``server_noise``,
+``divisor``). The planted-bug variants of the empirical audit (:mod:`attacks.canaries`) wrap a
+production mechanism and override exactly one step, so the audit tests the code the run
+executes, not a copy of it.
+
+The server step receives a :class:`ReleaseContext` with the number of contributors (visible to
+the server) and the size of the pool of eligible users. The pool size is a statistic of the
+private data: a correct mechanism never uses it (the ``denominator-counts-users`` planted bug
+does, and the audit must catch it).
+
+Randomness: every ``rng`` argument is a generator with numpy's ``normal(loc, scale, size)``;
+production passes the client's (or server's) own secret stream (see
+:mod:`ffm_private.privacy.client_secrets`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ffm_private.privacy.accounting import GaussianEvent
+from ffm_private.privacy.mechanisms import (
+    central_noise_std,
+    check_survivors,
+    clip_to_norm,
+    distributed_noise_std,
+    to_numpy,
+)
+
+
+@dataclass(frozen=True)
+class ReleaseContext:
+    """What the server knows when it turns the protocol's sum into a step.
+
+    ``total`` is ``None`` when no sum exists (nobody took part, or the protocol aborted
+    below its ``min_clients``): a mechanism that must release every round releases noise only.
+    ``pool_size`` is the number of eligible users: data-dependent, never to be used by a
+    mechanism that claims add/remove adjacency.
+    """
+
+    round_id: int
+    contributors: int
+    pool_size: int
+    dim: int
+
+
+class NothingToRelease(Exception):  # noqa: N818 - a control-flow signal, not a failure
+    """The round releases nothing (no DP noise is owed and no sum exists)."""
+
+
+class Mechanism:
+    """The null mechanism (no privacy): the base every DP mechanism refines step by step."""
+
+    name: ClassVar[str] = "none"
+    #: every round releases a step, with or without contributors (noise-only if needed)
+    releases_every_round: ClassVar[bool] = False
+
+    # -- steps (overridden by mechanisms, and by the audit's planted bugs) ----------------------
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return update
+
+    def client_noise(self, update: np.ndarray, rng: Any) -> np.ndarray:
+        return update
+
+    def check_release(self, ctx: ReleaseContext) -> None:
+        """Refuse to release (raise) when the sum would carry less noise than planned."""
+
+    def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
+        return total
+
+    def divisor(self, ctx: ReleaseContext) -> float:
+        """The public constant the noisy sum is divided by (here: the contributor count)."""
+        return float(ctx.contributors)
+
+    # -- composed transforms (what the run calls) ---------------------------------------------
+    def client_transform(self, update: Any, rng: Any) -> np.ndarray:
+        """On the device, before encoding: what this client sends."""
+        return self.client_noise(self.clip(to_numpy(update)), rng)
+
+    def server_transform(self, total: np.ndarray | None, ctx: ReleaseContext,
+                         rng: Any) -> np.ndarray:
+        """On the server: the mean step to apply and release."""
+        if total is None or ctx.contributors == 0:
+            if not self.releases_every_round:
+                raise NothingToRelease("no client took part")
+            total = np.zeros(ctx.dim, dtype=np.float64)
+        else:
+            self.check_release(ctx)
+        return self.server_noise(np.asarray(total, dtype=np.float64), rng) / self.divisor(ctx)
+
+    # -- accounting and claim ------------------------------------------------------------------
+    def events(self) -> tuple[GaussianEvent, ...]:
+        """The accounting events one charge adds to a user's history."""
+        return ()
+
+    def describe(self) -> str:
+        return "no differential privacy"
+
+
+NULL_MECHANISM = Mechanism()
+
+
+@dataclass(frozen=True)
+class CentralGaussian(Mechanism):
+    """User-level DP-FedAvg, trusted server: ``(sum of clipped + N(0, (sigma C)^2)) / divisor``.
+
+    ``divisor`` is public configuration (``privacy.expected_clients_per_round``), never a count
+    of users, so adding or removing a user cannot change the scale of the released noise. A
+    round is released even when nobody (or too few for the protocol) took part: a noise-only
+    step, so the step's presence reveals nothing about the sample size.
+    """
+
+    noise_multiplier: float
+    clipping_norm: float
+    expected_clients: float
+    client_rate: float = 1.0
+
+    name: ClassVar[str] = "user-central"
+    releases_every_round: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.expected_clients) and self.expected_clients > 0):
+            raise ValueError(f"expected_clients = {self.expected_clients!r} must be > 0")
+
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return clip_to_norm(update, self.clipping_norm)
+
+    def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
+        std = central_noise_std(self.noise_multiplier, self.clipping_norm)
+        return total + rng.normal(0.0, std, total.shape)
+
+    def divisor(self, ctx: ReleaseContext) -> float:
+        return float(self.expected_clients)
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        return (GaussianEvent(self.noise_multiplier, self.client_rate, 1),)
+
+    def describe(self) -> str:
+        return (f"clip to {self.clipping_norm:g}, N(0, ({self.noise_multiplier:.4g} x "
+                f"{self.clipping_norm:g})^2) on the sum, divided by the public constant "
+                f"{self.expected_clients:g}")
+
+
+@dataclass(frozen=True)
+class DistributedGaussian(Mechanism):
+    """User-level DP-FedAvg, untrusted server: each client clips and adds its noise share.
+
+    Each share is ``N(0, (sigma C)^2 / m)``; a sum with fewer than ``m`` shares is refused
+    before release. ``rounding_margin`` is subtracted from ``C`` before clipping so that the
+    protocol's encoding (stochastic rounding) cannot lift the norm above ``C``. The server
+    sees who took part (participation is not protected), so dividing by the contributor count
+    reveals nothing beyond what the server already sees.
+    """
+
+    noise_multiplier: float
+    clipping_norm: float
+    min_survivors: int
+    rounding_margin: float = 0.0
+
+    name: ClassVar[str] = "user-distributed"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rounding_margin < self.clipping_norm:
+            raise ValueError(f"rounding margin {self.rounding_margin!r} must be in "
+                             f"[0, clipping_norm = {self.clipping_norm})")
+
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return clip_to_norm(update, self.clipping_norm - self.rounding_margin)
+
+    def client_noise(self, update: np.ndarray, rng: Any) -> np.ndarray:
+        std = distributed_noise_std(self.noise_multiplier, self.clipping_norm, self.min_survivors)
+        return update + rng.normal(0.0, std, update.shape)
+
+    def check_release(self, ctx: ReleaseContext) -> None:
+        check_survivors(ctx.contributors, self.min_survivors)
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        return (GaussianEvent(self.noise_multiplier, 1.0, 1),)
+
+    def describe(self) -> str:
+        return (f"clip to {self.clipping_norm:g}, each client adds N(0, ({self.noise_multiplier:.4g}"
+                f" x {self.clipping_norm:g})^2 / {self.min_survivors}); at least "
+                f"{self.min_survivors} shares per released sum")
+
+
+@dataclass(frozen=True)
+class ExampleDPSGD(Mechanism):
+    """Example-level DP: the noise is added by DP-SGD during local training, on the device.
+
+    The release steps are the null mechanism's: the DP-SGD output is released as it is (the
+    run checks each client's DP-SGD report against the plan before release).
+    """
+
+    event_list: tuple[GaussianEvent, ...]
+
+    name: ClassVar[str] = "example-dpsgd"
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        return self.event_list
+
+    def describe(self) -> str:
+        return "DP-SGD on the client (per-example clipping and noise during local training)"
+
+
+def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
+                  expected_clients: float = 0.0, rounding_margin: float = 0.0) -> Mechanism:
+    """The production mechanism of a :class:`~ffm_private.privacy.planner.PrivacyPlan`.
+
+    The one place a plan becomes a mechanism: the simulation and the A6 audit both call it.
+    """
+    if plan is None:
+        return NULL_MECHANISM
+    if plan.mode == "example":
+        return ExampleDPSGD(plan.charge_events())
+    if plan.noise_placement == "distributed":
+        return DistributedGaussian(plan.noise_multiplier, clipping_norm, min_survivors,
+                                   rounding_margin=rounding_margin)
+    return CentralGaussian(plan.noise_multiplier, clipping_norm, expected_clients,
+                           client_rate=plan.client_rate)
+
+
+__all__ = ["NULL_MECHANISM", "CentralGaussian", "DistributedGaussian", "ExampleDPSGD",
+           "Mechanism", "NothingToRelease", "ReleaseContext", "mechanism_for"]
