@@ -135,15 +135,14 @@ def _run_one(ctx: AuditContext, attack: str, view: str, o: AuditOptions) -> list
         from attacks.reconstruction import run_reconstruction
 
         return [run_reconstruction(ctx, view, bootstrap_rounds=o.bootstrap)]
-    from attacks.canaries import BROKEN_MECHANISMS, run_canary_audit
+    from attacks.canaries import BROKEN_MECHANISMS, _plan, production_mechanism, run_canary_audit
 
     mechanism = None
     if o.mechanism:
-        claim = ctx.claim
-        if not claim.noise_multiplier:
+        plan = _plan(ctx.cfg, ctx.run_dir)
+        if plan is None or plan.mode != "user":
             raise AuditError("a6 --mechanism needs a run with a user-level DP claim")
-        mechanism = BROKEN_MECHANISMS[o.mechanism](claim.noise_multiplier,
-                                                   claim.clipping_norm or 1.0)
+        mechanism = BROKEN_MECHANISMS[o.mechanism](production_mechanism(ctx.cfg, plan))
     result, _ = run_canary_audit(ctx, canaries=o.canaries, beta=o.beta,
                                  max_rounds=o.a6_max_rounds, mechanism=mechanism)
     return [result]

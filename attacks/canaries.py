@@ -39,17 +39,19 @@ Canaries:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
-from ffm_private.privacy import mechanisms as mech
+from ffm_private.privacy.mechanism import Mechanism as PrivMechanism
+from ffm_private.privacy.mechanism import ReleaseContext, mechanism_for
 
 DEFAULT_BETA = 1e-3
 _EPS_MAX = 50.0
@@ -213,91 +215,134 @@ class Mechanism(Protocol):
     def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class CentralGaussian:
-    """User-level DP-FedAvg with central noise: :func:`ffm_private.privacy.mechanisms.dp_sum`."""
+class ProductionRelease:
+    """One round of a production :class:`ffm_private.privacy.mechanism.Mechanism`, end to end.
 
-    noise_multiplier: float
-    clipping_norm: float
-    name: str = "central Gaussian (clip to C, noise sigma*C on the sum)"
+    Each row goes through the mechanism's client transform (what a client sends), the rows
+    are summed (what a secure protocol reveals), and the server transform turns the sum into
+    the released step. The audit therefore tests the objects the run executes. ``pool_size``
+    is the number of eligible users the server step is told about (a correct mechanism ignores
+    it).
+    """
 
-    def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return mech.dp_sum(list(updates), self.noise_multiplier, self.clipping_norm, rng)
-
-
-@dataclass(frozen=True)
-class DistributedGaussian:
-    """Each client clips and adds ``N(0, (sigma C)^2 / m)`` before the (secure) sum."""
-
-    noise_multiplier: float
-    clipping_norm: float
-    min_survivors: int
-    name: str = "distributed Gaussian (each client adds its noise share)"
+    def __init__(self, mechanism: PrivMechanism, pool_size: int = 0) -> None:
+        self.mechanism = mechanism
+        self.pool_size = pool_size
+        self.name = getattr(mechanism, "label", None) or (
+            f"{mechanism.name}: {mechanism.describe()}")
 
     def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        total = np.zeros(updates.shape[1])
-        for u in updates:
-            total += mech.add_distributed_noise(mech.clip_to_norm(u, self.clipping_norm),
-                                                self.noise_multiplier, self.clipping_norm,
-                                                self.min_survivors, rng)
-        return total
+        rows = np.asarray(updates, dtype=np.float64)
+        total = np.zeros(rows.shape[1])
+        for row in rows:
+            total += self.mechanism.client_transform(row, rng)
+        ctx = ReleaseContext(0, contributors=len(rows), pool_size=max(self.pool_size, len(rows)),
+                             dim=rows.shape[1])
+        return self.mechanism.server_transform(total, ctx, rng)
+
+    def release(self, total: np.ndarray | None, ctx: ReleaseContext,
+                rng: np.random.Generator) -> np.ndarray:
+        """The server step alone (the scale audit's view)."""
+        return self.mechanism.server_transform(total, ctx, rng)
 
 
-@dataclass(frozen=True)
-class PlainSum:
-    """No differential privacy: the sum of the updates (what a no-DP run releases)."""
+class _ScaledNoise:
+    """A generator whose ``normal`` draws have their scale multiplied by ``factor``."""
 
-    name: str = "plain sum (no DP)"
+    def __init__(self, rng: Any, factor: float) -> None:
+        self.rng, self.factor = rng, factor
 
-    def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.asarray(updates, dtype=np.float64).sum(axis=0)
-
-
-@dataclass(frozen=True)
-class NoNoise:
-    """Broken: clips, but forgets the noise."""
-
-    noise_multiplier: float
-    clipping_norm: float
-    name: str = "BROKEN: noise off"
-
-    def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.sum(mech.clip_all(list(updates), self.clipping_norm), axis=0)
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None) -> np.ndarray:
+        if self.factor == 0.0:
+            return np.full(size, float(loc))
+        return self.rng.normal(loc, scale * self.factor, size)
 
 
-@dataclass(frozen=True)
-class NoiseOverClients:
-    """Broken: divides the noise by the number of clients (noise sized for the mean, added to
-    the sum)."""
+class PlantedBug(PrivMechanism):
+    """A production mechanism with exactly one step broken (the audit must FAIL it)."""
 
-    noise_multiplier: float
-    clipping_norm: float
-    name: str = "BROKEN: noise divided by the number of clients"
+    label: ClassVar[str] = "BROKEN"
 
-    def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        total = np.sum(mech.clip_all(list(updates), self.clipping_norm), axis=0)
-        std = mech.central_noise_std(self.noise_multiplier, self.clipping_norm) / len(updates)
-        return total + rng.normal(0.0, std, total.shape)
+    def __init__(self, inner: PrivMechanism) -> None:
+        self.inner = inner
+        self.releases_every_round = inner.releases_every_round  # type: ignore[misc]
+
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return self.inner.clip(update)
+
+    def client_noise(self, update: np.ndarray, rng: Any) -> np.ndarray:
+        return self.inner.client_noise(update, rng)
+
+    def check_release(self, ctx: ReleaseContext) -> None:
+        self.inner.check_release(ctx)
+
+    def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
+        return self.inner.server_noise(total, rng)
+
+    def divisor(self, ctx: ReleaseContext) -> float:
+        return self.inner.divisor(ctx)
+
+    def events(self) -> tuple:
+        return self.inner.events()
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.inner.describe()})"
 
 
-@dataclass(frozen=True)
-class NoClipping:
+class NoNoise(PlantedBug):
+    """Broken: clips, but forgets the noise (client share and server noise)."""
+
+    label = "BROKEN: noise off"
+
+    def client_noise(self, update: np.ndarray, rng: Any) -> np.ndarray:
+        return self.inner.client_noise(update, _ScaledNoise(rng, 0.0))
+
+    def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
+        return self.inner.server_noise(total, _ScaledNoise(rng, 0.0))
+
+
+class NoiseOverClients(PlantedBug):
+    """Broken: noise sized for the mean (divided by the number of clients), added to the sum."""
+
+    label = "BROKEN: noise divided by the number of clients"
+
+    def server_transform(self, total: np.ndarray | None, ctx: ReleaseContext,
+                         rng: Any) -> np.ndarray:
+        return super().server_transform(total, ctx, _ScaledNoise(rng, 1.0 / max(ctx.contributors,
+                                                                              1)))
+
+    def client_transform(self, update: Any, rng: Any) -> np.ndarray:
+        m = getattr(self.inner, "min_survivors", 1)  # share sized sigma C / m, not / sqrt(m)
+        return super().client_transform(update, _ScaledNoise(rng, 1.0 / math.sqrt(m)))
+
+
+class NoClipping(PlantedBug):
     """Broken: adds the right noise but skips clipping (the sensitivity is unbounded)."""
 
-    noise_multiplier: float
-    clipping_norm: float
-    name: str = "BROKEN: clipping skipped"
+    label = "BROKEN: clipping skipped"
 
-    def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        total = np.asarray(updates, dtype=np.float64).sum(axis=0)
-        return mech.add_central_noise(total, self.noise_multiplier, self.clipping_norm, rng)
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return update
 
 
-BROKEN_MECHANISMS: dict[str, Callable[[float, float], Mechanism]] = {
+class DenominatorCountsUsers(PlantedBug):
+    """Broken: divides the noisy sum by ``q x`` the number of eligible users (a statistic of
+    the private data), so one user more or less changes the scale of the released noise."""
+
+    label = "BROKEN: denominator counts users"
+
+    def divisor(self, ctx: ReleaseContext) -> float:
+        rate = getattr(self.inner, "client_rate", 1.0)
+        return rate * max(ctx.pool_size, 1)
+
+
+BROKEN_MECHANISMS: dict[str, Callable[[PrivMechanism], PlantedBug]] = {
     "noise-off": NoNoise,
     "noise-over-n": NoiseOverClients,
     "no-clipping": NoClipping,
+    "denominator-counts-users": DenominatorCountsUsers,
 }
+"""Planted-bug wrappers of a production mechanism, by name (``--mechanism`` of the audit)."""
 
 
 # -- the audits ----------------------------------------------------------------------------------
@@ -455,6 +500,57 @@ class UserCanaryAudit:
                      "background_clients": n_bg})
 
 
+@dataclass
+class ScaleAudit:
+    """Neighbouring datasets that differ only in the *scale* of what is released.
+
+    Each of ``trials`` independent runs of ``rounds`` rounds uses a dataset of ``pool_size``
+    users, plus one more user with probability 1/2 (the "canary"). Every update is zero, so
+    the released steps are the mechanism's noise alone; the distinguisher scores a trial by
+    minus the summed squared norm of its released steps (a chi-square statistic: a
+    denominator that grows with the user count shrinks the noise). A mechanism whose release
+    does not depend on how many users exist gives no signal; one that divides by a count of
+    the users is caught. ``mechanism`` is a :class:`ProductionRelease`.
+    """
+
+    mechanism: ProductionRelease
+    claimed_epsilon: float | None
+    delta: float
+    pool_size: int
+    dim: int
+    trials: int = 1000
+    rounds: int = 1
+    client_rate: float = 1.0
+    beta: float = DEFAULT_BETA
+    seed: int = 0
+
+    def run(self) -> CanaryResult:
+        root = np.random.SeedSequence([self.seed, 0x5CA1E])
+        s_in, s_part, s_mech = root.spawn(3)
+        included = np.random.default_rng(s_in).random(self.trials) < 0.5
+        part_rng = np.random.default_rng(s_part)
+        mech_rng = np.random.default_rng(s_mech)
+        zero = np.zeros(self.dim)
+        scores = np.zeros(self.trials)
+        for j in range(self.trials):
+            pool = self.pool_size + int(included[j])
+            for t in range(self.rounds):
+                contributors = int(part_rng.binomial(pool, self.client_rate))
+                ctx = ReleaseContext(t + 1, contributors=contributors, pool_size=pool,
+                                     dim=self.dim)
+                try:
+                    step = self.mechanism.release(zero if contributors else None, ctx, mech_rng)
+                except Exception:  # noqa: BLE001 - a refused release shows nothing
+                    continue
+                scores[j] -= float(step @ step)
+        return evaluate_canaries(
+            scores, included, kind="neighbouring datasets of n and n + 1 users (scale only)",
+            mechanism=self.mechanism.name, claimed_epsilon=self.claimed_epsilon,
+            delta=self.delta, beta=self.beta, seed=self.seed, independent=True,
+            details={"trials": self.trials, "rounds": self.rounds, "pool_size": self.pool_size,
+                     "dim": self.dim, "client_rate": self.client_rate})
+
+
 Trainer = Callable[[int, np.ndarray], np.ndarray]
 """``trainer(user, items) -> shared update``: one client's local training on ``items``."""
 ItemScorer = Callable[[np.ndarray], np.ndarray]
@@ -510,9 +606,10 @@ class InteractionCanaryAudit:
 
 
 __all__ = [
-    "BROKEN_MECHANISMS", "DEFAULT_BETA", "CanaryResult", "CentralGaussian", "DistributedGaussian",
+    "BROKEN_MECHANISMS", "DEFAULT_BETA", "CanaryResult", "DenominatorCountsUsers",
+    "PlantedBug", "ProductionRelease", "ScaleAudit", "production_mechanism", "scale_audit",
     "InteractionCanaryAudit", "Mechanism", "NoClipping", "NoNoise", "NoiseOverClients",
-    "PlainSum", "UserCanaryAudit", "audit_delta", "canary_directions", "clopper_pearson_epsilon",
+    "UserCanaryAudit", "audit_delta", "canary_directions", "clopper_pearson_epsilon",
     "evaluate_canaries",
     "gaussian_delta", "gaussian_epsilon_estimate", "guess_counts", "one_run_audit",
     "one_run_epsilon", "one_run_p_value", "run_canary_audit",
@@ -555,13 +652,9 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
     else:
         background = _background(ctx, background_clients, background_dim)
         c = claim.clipping_norm or 1.0
-        if mechanism is None:
-            if plan is None:
-                mechanism = PlainSum()
-            elif plan.noise_placement == "distributed":
-                mechanism = DistributedGaussian(plan.noise_multiplier, c, claim.min_survivors)
-            else:
-                mechanism = CentralGaussian(plan.noise_multiplier, c)
+        production = production_mechanism(cfg, plan)
+        chosen = production if mechanism is None else mechanism
+        release = ProductionRelease(chosen, pool_size=ctx.split.n_users - len(ctx.public))
         if claim.claimed:
             norm = 10.0 * c
         else:
@@ -569,10 +662,18 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
             norm = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
         distributed = plan is not None and plan.noise_placement == "distributed"
         result = UserCanaryAudit(
-            mechanism, claimed, delta, canaries=canaries, canary_norm=norm, rounds=rounds,
+            release, claimed, delta, canaries=canaries, canary_norm=norm, rounds=rounds,
             client_rate=1.0 if distributed or plan is None else plan.client_rate,
             participations=(min(rounds, plan.planned_charges) if distributed else None),
             background=background, beta=beta, seed=ctx.seed, progress=ctx.progress).run()
+        if plan is not None and not distributed:
+            scale = scale_audit(release, plan, dim=ctx.log.n_params, canaries=canaries,
+                                beta=beta, seed=ctx.seed)
+            result.details["scale_audit"] = scale.to_dict()
+            if scale.lower_bound - scale.claimed_epsilon > result.lower_bound - (claimed or 0.0):
+                result = dataclasses.replace(scale, details={**scale.details,
+                                                             "canary_audit": result.to_dict()})
+                claimed = scale.claimed_epsilon
     lb = result.lower_bound
     if claimed is None:
         verdict = Verdict(NOT_APPLICABLE, f"no DP claim; empirical epsilon >= {lb:.3f} "
@@ -598,6 +699,26 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
                "Gaussian estimate (Andrew et al. 2024) is a diagnostic, not a bound"],
         seconds=time.perf_counter() - start)
     return attack, result
+
+
+def production_mechanism(cfg: Any, plan: Any) -> PrivMechanism:
+    """The mechanism the run executes, from its config and plan (the run's own factory)."""
+    raw = dict(cfg.privacy or {})
+    return mechanism_for(plan, clipping_norm=float(raw.get("clipping_norm", 1.0)),
+                         min_survivors=int(raw.get("min_survivors", 0)),
+                         expected_clients=float(raw.get("expected_clients_per_round", 0.0)))
+
+
+def scale_audit(release: ProductionRelease, plan: Any, *, dim: int, canaries: int,
+                beta: float = DEFAULT_BETA, seed: int = 0) -> CanaryResult:
+    """:class:`ScaleAudit` of one round against the plan's one-round claim at the audit delta."""
+    from ffm_private.privacy.accounting import epsilon_for_events
+
+    delta = audit_delta(plan.delta, canaries, beta)
+    claimed = epsilon_for_events(plan.events_after(1), delta, plan.accountant)
+    return ScaleAudit(release, claimed, delta, pool_size=release.pool_size, dim=dim,
+                      trials=canaries, rounds=1, client_rate=plan.client_rate, beta=beta,
+                      seed=seed).run()
 
 
 def _plan(cfg: Any, run_dir: Any = None) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attacks.base import FAIL, LEAK, PASS
-from attacks.canaries import BROKEN_MECHANISMS, run_canary_audit
+from attacks.canaries import BROKEN_MECHANISMS, _plan, production_mechanism, run_canary_audit
 from attacks.context import AuditContext
 from attacks.item_inference import run_item_inference
 from tests.attacks.conftest import fedmf_config
@@ -50,9 +50,9 @@ def test_a6_passes_the_run_and_fails_its_broken_variants(dp_run):
     attack, result = run_canary_audit(dp_run, canaries=1000)
     assert attack.verdict.level == PASS, attack.verdict.text
     assert result.lower_bound <= attack.metrics["claimed_epsilon_at_audit_delta"]
-    claim = dp_run.claim
-    for bug in ("noise-off", "no-clipping"):
-        mechanism = BROKEN_MECHANISMS[bug](claim.noise_multiplier, claim.clipping_norm)
+    production = production_mechanism(dp_run.cfg, _plan(dp_run.cfg, dp_run.run_dir))
+    for bug in ("noise-off", "no-clipping", "denominator-counts-users"):
+        mechanism = BROKEN_MECHANISMS[bug](production)
         attack, _ = run_canary_audit(dp_run, canaries=1000, mechanism=mechanism)
         assert attack.verdict.level == FAIL, (bug, attack.verdict.text)
 
