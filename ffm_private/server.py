@@ -99,9 +99,10 @@ class Server:
         result, aborted = None, "no client took part"
         try:
             if updates:
+                extra = {} if secrets is None else {"secrets": secrets}
                 result = self.protocol.aggregate(
                     round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel,
-                    seed=seed, secrets=secrets)
+                    seed=seed, **extra)
         except TooFewClients as err:
             aborted = str(err)
         try:
