@@ -35,8 +35,8 @@ from tqdm import tqdm
 from protocols import FaultyChannel
 from protocols.secagg import SecAggOptions, SecAggPlusProtocol
 from protocols.secagg import primitives as cr
-from protocols.secagg.graph import neighbour_graph
 from protocols.secagg.messages import HEADER
+from protocols.secagg.transcript import RoundView
 
 UNMASK_STEPS = ("receive_unmask", "unmask_collect", "unmask_reconstruct", "unmask_derive_keys",
                 "unmask_remove_masks")
@@ -98,7 +98,9 @@ def plaintext_sum(ups: dict, repeats: int) -> float:
     return _min_time(run, repeats)
 
 
-def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dict:
+def measure(n: int, length: int, dropout: float, repeats: int, seed: int,
+            malicious: bool = False) -> dict:
+    options = SecAggOptions(malicious_server=malicious)
     ups = _Pool(n, length, seed)
     rng = np.random.default_rng(seed + 1)
     drop = {int(c) for c in rng.choice(n, size=int(round(dropout * n)), replace=False)}
@@ -106,7 +108,7 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     result = None
     ratios: list[float] = []
     for r in range(repeats):
-        proto = SecAggPlusProtocol(SecAggOptions())
+        proto = SecAggPlusProtocol(options)
         channel = _CountingChannel(drop={"masked_input": drop})
         result = proto.aggregate(r, ups, channel=channel, seed=seed)
         t = result.timings
@@ -132,7 +134,7 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     survivors = len(result.contributors)
     per_mask = best["client_prg_floor_s"] / (k + 1)
     # masks the server must regenerate: one per survivor, one per (dropped, surviving neighbour)
-    graph = neighbour_graph(range(n), k, cr.graph_seed(seed, repeats - 1))
+    graph = RoundView.derive(options, repeats - 1, seed, length, range(n)).graph
     alive = set(result.contributors)
     dropped = sorted(drop)
     server_masks = survivors + sum(len(alive.intersection(graph[d])) for d in dropped)
