@@ -514,9 +514,9 @@ class SecAggServer:
         # every share that arrived, grouped by owner (each owner has one kind), lowest x first
         holders = sorted(answers)
         own = np.concatenate([answers[h].owners for h in holders] or [np.empty(0, np.int64)])
-        hid = np.concatenate([np.full(len(answers[h].owners), h, dtype=np.int64)
-                              for h in holders] or [np.empty(0, np.int64)])
-        xs = np.array([self.x[h] for h in hid.tolist()], dtype=np.uint64)
+        sizes = [len(answers[h].owners) for h in holders]
+        hid = np.repeat(np.asarray(holders, dtype=np.int64), sizes)
+        xs = np.repeat(np.asarray([self.x[h] for h in holders], dtype=np.uint64), sizes)
         rows = np.concatenate([answers[h].shares for h in holders]
                               or [np.empty((0, shamir.CHUNKS), np.uint64)])
         order = np.lexsort((xs, own))
