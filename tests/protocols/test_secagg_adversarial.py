@@ -5,7 +5,10 @@ stage state, applied their own parameters and bound the transcript into their ke
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from protocols import FaultyChannel
 from protocols.errors import (
     DuplicateMessage,
     InconsistentView,
@@ -406,7 +409,6 @@ def test_malicious_server_mode_refuses_keys_without_the_registered_signature():
 
 
 def test_malicious_server_mode_honest_round_and_dropouts():
-    from protocols import FaultyChannel
     ups = updates(30, 20, seed=10)
     proto = SecAggPlusProtocol(SecAggOptions(malicious_server=True),
                                entropy=DeterministicEntropy(3))
@@ -417,3 +419,23 @@ def test_malicious_server_mode_honest_round_and_dropouts():
     codec = FixedPointCodec(clip=1.0, max_clients=30)
     assert np.abs(res.total - plain_sum(ups, res.contributors)).max() <= codec.error_bound(28)
     assert set(proto.registry) == set(range(30))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 16), drops=st.lists(st.sets(st.integers(0, 15), max_size=4),
+                                            min_size=5, max_size=5), seed=st.integers(0, 100))
+def test_malicious_mode_any_dropout_pattern_gives_the_right_sum_or_a_clean_abort(n, drops, seed):
+    stages = SecAggPlusProtocol(SecAggOptions(malicious_server=True)).stages
+    faults = {s: {c for c in d if c < n} for s, d in zip(stages, drops, strict=True)}
+    ups = updates(n, 6, seed=seed)
+    proto = SecAggPlusProtocol(SecAggOptions(malicious_server=True, min_clients=1),
+                               entropy=DeterministicEntropy(seed))
+    try:
+        res = proto.aggregate(1, ups, channel=FaultyChannel(drop=faults), seed=seed)
+    except TooFewClients:
+        return
+    assert not set().union(*list(faults.values())[:3]) & set(res.contributors)
+    assert not res.client_errors
+    codec = FixedPointCodec(clip=1.0, max_clients=n)
+    assert np.abs(res.total - plain_sum(ups, res.contributors)).max() <= codec.error_bound(
+        len(res.contributors))
