@@ -53,6 +53,7 @@ from protocols.secagg.messages import (
     UPLOAD_STAGES,
     AdvertiseKeys,
     ForwardedShares,
+    Header,
     NeighbourKeys,
     Reader,
     RoundStart,
@@ -141,6 +142,8 @@ class SecAggServer:
         self._unauthenticated: dict[int, ProtocolError] = {}
         self._upload: dict[int, bytes] = {}
         self._keys: dict[int, AdvertiseKeys] = {}
+        self._body_of = b""  # the decrypted body of the upload being taken
+        self._pending_advert: tuple[bytes, AdvertiseKeys] | None = None
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _time(self, name: str, start: float) -> None:
@@ -201,9 +204,9 @@ class SecAggServer:
         self.replay.add(self.round_id, stage, cid, tag_of(payload))
         return None
 
-    def _authenticate(self, stage: str, cid: int, payload: bytes):
-        """Replay, header and AES-GCM checks; returns the header (and the decrypted body for
-        sealed bodies, in ``self._body_of``)."""
+    def _authenticate(self, stage: str, cid: int, payload: bytes) -> Header:
+        """Replay, header and AES-GCM checks; returns the header (and keeps the decrypted body
+        of a sealed upload in ``self._body_of``). Raises before anything is stored."""
         kind = UPLOAD_STAGES[stage]
         if len(payload) >= HEADER.size + cr.TAG_BYTES:
             seen = self.replay.find(tag_of(payload))
@@ -258,6 +261,7 @@ class SecAggServer:
         self._pending_advert = (aead, keys)
 
     def _take_advertise_keys(self, cid, header, payload) -> AdvertiseKeys:
+        assert self._pending_advert is not None
         aead, keys = self._pending_advert
         try:
             cr.agree(self._sk, keys.s_pk)  # rejects degenerate (low-order) keys up front
