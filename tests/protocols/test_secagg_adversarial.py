@@ -439,3 +439,40 @@ def test_malicious_mode_any_dropout_pattern_gives_the_right_sum_or_a_clean_abort
     codec = FixedPointCodec(clip=1.0, max_clients=n)
     assert np.abs(res.total - plain_sum(ups, res.contributors)).max() <= codec.error_bound(
         len(res.contributors))
+
+
+def test_the_server_cannot_choose_a_clients_neighbours():
+    """The graph seed is derived by each client from its transcript: keys for neighbours of
+    the server's choosing (here: k clients that are not its neighbours) are refused."""
+    from protocols.secagg.messages import NeighbourKeys
+
+    ups = updates(24, L, seed=11)
+    adv = AdversarialServer(ups, options=SecAggOptions(**SPARSE))
+    adv.start()
+    view = adv.view_for(adv.ids)
+    chosen = [j for j in adv.ids if j != TARGET and j not in view.graph[TARGET]][:view.k]
+    keys = {j: (adv.adverts[j].c_pk, adv.adverts[j].s_pk) for j in chosen}
+    msg = NeighbourKeys(view.k, view.t, list(view.participants), keys)
+    assert adv.call(TARGET, "share_keys", msg.encode(adv.round_id, TARGET)) is None
+    assert isinstance(adv.errors[TARGET], MalformedMessage)
+    assert "neighbours in the graph" in str(adv.errors[TARGET])
+
+
+def test_malicious_mode_server_drops_an_unsigned_advertisement_without_locking_out():
+    """An advertisement that does not carry the registered signature is not authenticated:
+    dropped without touching state, and the genuine one is accepted after it."""
+    ups = updates(5, 8)
+    proto = SecAggPlusProtocol(SecAggOptions(malicious_server=True))
+    for c in ups:
+        proto.enrol(c)
+    opts = proto.options
+    server = SecAggServer(1, list(ups), 8, opts, registry=proto.registry)
+    impostor = SecAggClient(2, 1, ups[2], options=opts, identity=cr.new_identity(
+        DeterministicEntropy(1)), registry=proto.registry)
+    genuine = SecAggClient(2, 1, ups[2], options=opts, identity=proto._identities[2],
+                           registry=proto.registry)
+    start = server.round_start()
+    err = server.receive("advertise_keys", 2, impostor.advertise_keys(start[2]))
+    assert isinstance(err, TamperedMessage) and "registered" in str(err)
+    assert server.receive("advertise_keys", 2, genuine.advertise_keys(start[2])) is None
+    assert not server.rejected
