@@ -77,6 +77,17 @@ ROBUST_DECODE_ATTEMPTS = 2000
 """Subsets of spare shares tried per secret whose first reconstruction fails its check."""
 
 
+def _fewest_exclusions(order: list[int], t: int):
+    """``t``-subsets of ``order``, those leaving out fewest of its first elements first: every
+    subset that skips ``e`` shares comes before any that skips ``e + 1``, so ``e`` liars cost
+    at most ``sum of C(t + i - 1, i) for i <= e`` tries, wherever they sit."""
+    for e in range(len(order) - t + 1):
+        last = t + e - 1  # the subset's last element, so no subset is produced twice
+        for skipped in itertools.combinations(range(last), e):
+            gone = set(skipped)
+            yield [order[i] for i in range(last + 1) if i not in gone]
+
+
 class ReplayCache:
     """GCM tags of accepted uploads for the last ``rounds`` rounds: a tag identifies one
     authenticated message, so seeing it again means the message was replayed or copied."""
@@ -484,7 +495,7 @@ class SecAggServer:
         what = "self-mask seed" if kind == B_SHARE else "mask key"
         liars = {c for c, e in self.rejected.items() if isinstance(e, InvalidShare)}
         order = sorted(range(len(xs)), key=lambda i: (int(holders[i]) in liars, int(xs[i])))
-        for attempt, subset in enumerate(itertools.combinations(order, self.t)):
+        for attempt, subset in enumerate(_fewest_exclusions(order, self.t)):
             if attempt >= ROBUST_DECODE_ATTEMPTS:
                 break
             pick = np.asarray(subset)

@@ -247,6 +247,13 @@ def test_one_wrong_share_is_outvoted_by_spare_shares_and_the_liar_is_named(monke
     assert set(res.rejected) == {0} and res.contributors == tuple(range(5))
     codec = FixedPointCodec(clip=1.0, max_clients=5)
     assert np.abs(res.total - plain_sum(ups, range(5))).max() <= codec.error_bound(5)
+    # twenty clients (t = 10 of 19 holders), the liar holding the lowest share point of
+    # every secret: found by leaving out one share, not by trying the subsets in order
+    many = updates(20, 10)
+    res = SecAggPlusProtocol(entropy=DeterministicEntropy(2)).aggregate(1, many)
+    assert set(res.rejected) == {0} and isinstance(res.rejected[0], InvalidShare)
+    codec = FixedPointCodec(clip=1.0, max_clients=20)
+    assert np.abs(res.total - plain_sum(many, range(20))).max() <= codec.error_bound(20)
     # no spare share (t = k = 4): the liar cannot be outvoted and the round aborts
     with pytest.raises(TooFewClients, match="does not match its commitment"):
         SecAggPlusProtocol(SecAggOptions(threshold=4),

@@ -260,3 +260,14 @@ def test_commitment_hides_nothing_it_should_not():
     assert c == hashlib.sha256(b"ffm-secagg/v2/commit-b/" + (1).to_bytes(8, "little")
                                + (2).to_bytes(8, "little") + seed).digest()
     assert c != cr.commit_seed(seed, 2, 2)
+
+
+def test_spare_share_subsets_leave_out_fewest_first():
+    from math import comb
+
+    from protocols.secagg.server import _fewest_exclusions
+
+    subsets = list(_fewest_exclusions(list(range(6)), 3))
+    assert len(subsets) == comb(6, 3) and len({tuple(s) for s in subsets}) == comb(6, 3)
+    assert subsets[0] == [0, 1, 2] and all(len(s) == 3 for s in subsets)
+    assert [1, 2, 3] in subsets[:4]  # the lowest point left out within the first t + 1 tries
