@@ -483,3 +483,24 @@ def test_malicious_mode_server_drops_an_unsigned_advertisement_without_locking_o
     assert isinstance(err, TamperedMessage) and "registered" in str(err)
     assert server.receive("advertise_keys", 2, genuine.advertise_keys(start[2])) is None
     assert not server.rejected
+
+
+def test_malicious_mode_aborts_before_unmasking_without_a_majority_of_signers():
+    class Recording(FaultyChannel):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.down: list[str] = []
+
+        def download(self, stage, client_id, payload):
+            self.down.append(stage)
+            return super().download(stage, client_id, payload)
+
+    ups = updates(10, 8)
+    proto = SecAggPlusProtocol(SecAggOptions(malicious_server=True))
+    channel = Recording(drop={"consistency": {0, 1, 2, 3, 4}})
+    with pytest.raises(TooFewClients, match="5 survivors signed") as err:
+        proto.aggregate(1, ups, channel=channel)
+    assert err.value.stage == "consistency" and "unmask_request" not in channel.down
+    res = SecAggPlusProtocol(SecAggOptions(malicious_server=True)).aggregate(
+        1, ups, channel=FaultyChannel(drop={"consistency": {0, 1, 2, 3}}))
+    assert res.contributors == tuple(range(10))
