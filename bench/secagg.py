@@ -19,6 +19,12 @@ ratio (floor measured right after the round, so both see the same machine load).
 
     python bench/secagg.py                  # full grid: n in {10, 100, 200}, L in {1e4, 1e5, 1e6}
     python bench/secagg.py --quick          # n in {10, 100}, L in {1e4, 1e5}
+    python bench/secagg.py --malicious-server --clients 100 200 --lengths 1e5 \
+        --out bench/results/secagg_malicious  # Ed25519 signatures and the consistency check
+
+In malicious-server mode the client's ``consistency`` step (verify nothing, sign the survivor
+set) and the extra checks of ``unmask`` (one Ed25519 verification per survivor's signature)
+are in *client, all stages*; the server's consistency stage is in *server, all stages*.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from tqdm import tqdm
 from protocols import FaultyChannel
 from protocols.secagg import SecAggOptions, SecAggPlusProtocol
 from protocols.secagg import primitives as cr
-from protocols.secagg.graph import neighbour_graph
 from protocols.secagg.messages import HEADER
+from protocols.secagg.transcript import RoundView
 
 UNMASK_STEPS = ("receive_unmask", "unmask_collect", "unmask_reconstruct", "unmask_derive_keys",
                 "unmask_remove_masks")
@@ -98,7 +104,9 @@ def plaintext_sum(ups: dict, repeats: int) -> float:
     return _min_time(run, repeats)
 
 
-def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dict:
+def measure(n: int, length: int, dropout: float, repeats: int, seed: int,
+            malicious: bool = False) -> dict:
+    options = SecAggOptions(malicious_server=malicious)
     ups = _Pool(n, length, seed)
     rng = np.random.default_rng(seed + 1)
     drop = {int(c) for c in rng.choice(n, size=int(round(dropout * n)), replace=False)}
@@ -106,14 +114,16 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     result = None
     ratios: list[float] = []
     for r in range(repeats):
-        proto = SecAggPlusProtocol(SecAggOptions())
+        proto = SecAggPlusProtocol(options)
         channel = _CountingChannel(drop={"masked_input": drop})
         result = proto.aggregate(r, ups, channel=channel, seed=seed)
         t = result.timings
         server_unmask = sum(t.get(f"server_{s}", 0.0) for s in UNMASK_STEPS)
         server_total = sum(v for k, v in t.items() if k.startswith("server_"))
-        per_client = {s: t[f"client_{s}_median"]
-                      for s in ("advertise_keys", "share_keys", "receive_shares", "mask", "unmask")}
+        steps = ["advertise_keys", "share_keys", "receive_shares", "mask", "unmask"]
+        if malicious:
+            steps.append("consistency")
+        per_client = {s: t[f"client_{s}_median"] for s in steps}
         floor = prg_floor(length, result.neighbours + 1, samples=min(n, 30))
         ratios.append(per_client["mask"] / floor)
         sample = {
@@ -132,12 +142,13 @@ def measure(n: int, length: int, dropout: float, repeats: int, seed: int) -> dic
     survivors = len(result.contributors)
     per_mask = best["client_prg_floor_s"] / (k + 1)
     # masks the server must regenerate: one per survivor, one per (dropped, surviving neighbour)
-    graph = neighbour_graph(range(n), k, cr.graph_seed(seed, repeats - 1))
+    graph = RoundView.derive(options, repeats - 1, seed, length, range(n)).graph
     alive = set(result.contributors)
     dropped = sorted(drop)
     server_masks = survivors + sum(len(alive.intersection(graph[d])) for d in dropped)
     masked_bytes = HEADER.size + 4 * (length + 1) + cr.TAG_BYTES
     return {
+        "malicious_server": malicious,
         "clients": n,
         "length": length,
         "neighbours": k,
@@ -190,6 +201,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n in {10, 100}, L in {1e4, 1e5}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--malicious-server", action="store_true",
+                        help="malicious_server = true: signed keys and the consistency check")
     parser.add_argument("--out", default="bench/results/secagg",
                         help="writes OUT.md and OUT.json")
     args = parser.parse_args()
@@ -198,7 +211,8 @@ def main() -> None:
     grid = [(n, int(length)) for n in args.clients for length in args.lengths]
     rows = []
     for n, length in tqdm(grid, desc="secagg bench", unit="config"):
-        rows.append(measure(n, length, args.dropout, args.repeats, args.seed))
+        rows.append(measure(n, length, args.dropout, args.repeats, args.seed,
+                            malicious=args.malicious_server))
         tqdm.write(f"n={n} L={length:.0e}: client mask {1e3 * rows[-1]['client_mask_s']:.2f} ms "
                    f"({rows[-1]['client_mask_over_floor']:.2f}x floor), server unmask "
                    f"{rows[-1]['server_unmask_s']:.3f} s, load {rows[-1]['loadavg'][0]:.1f}")

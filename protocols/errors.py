@@ -53,3 +53,22 @@ class ContextMismatch(ProtocolError):
 
 class TooFewClients(ProtocolError):
     """Fewer clients than the threshold survived: the round aborts and reveals nothing."""
+
+
+class UnexpectedStage(ProtocolError):
+    """A message for a stage that is not open: late, repeated, or out of order."""
+
+
+class UnsafeParameters(ProtocolError):
+    """Round parameters a party's own policy refuses (threshold at most half the neighbours,
+    fewer participants than its floor, a degree or threshold other than its own)."""
+
+
+class InvalidShare(ProtocolError):
+    """A Shamir share that does not lie on the dealer's polynomial (checked against the
+    dealer's commitment or public key)."""
+
+
+class InconsistentView(ProtocolError):
+    """The server showed this client a view of the round that the other clients did not sign
+    (malicious-server mode): a different survivor set, or too few signatures on it."""

@@ -1,33 +1,56 @@
 """One SecAgg+ client: holds its update and its secrets, sees only bytes from the server.
 
 Each method consumes the server's message for a stage and returns the client's upload, so
-the same object works in-process or behind a network transport. A client that finds
-something wrong (a message for another round, a share ciphertext that fails
-authentication, a request that would reveal both secrets of a neighbour, too few
-neighbours left) raises a typed :class:`~protocols.errors.ProtocolError` and stops: it sends
-nothing more this round, which the server handles as a dropout.
+the same object works in-process or behind a network transport. The client trusts nothing
+the server says beyond what it can check:
+
+- **Stages run once each, in order** (a state machine): a second request for any stage, or a
+  request out of order, is refused with :class:`~protocols.errors.UnexpectedStage`. So the
+  client answers one unmask request per round and never reveals both the self-mask-seed
+  share and the mask-key share of the same neighbour, and it never seals two messages under
+  one AES-GCM key and nonce.
+- **Its own parameters**: the degree ``k``, the threshold ``t``, the codec (its own ``clip``;
+  room for every participant) and the ``min_clients`` floor come from its own
+  :class:`~protocols.secagg.options.SecAggOptions`; the server's ``k`` and ``t`` must equal
+  them, ``2 t > k`` must hold, and fewer participants than ``min_clients`` are refused
+  (:class:`~protocols.errors.UnsafeParameters`).
+- **A transcript hash** (:class:`~protocols.secagg.transcript.RoundView`) of all round
+  parameters, the participant set included, is bound into its pairwise-mask keys and share
+  ciphertexts, and the neighbour graph's seed is derived from it.
+- In malicious-server mode, its neighbours' key advertisements must carry their registered
+  Ed25519 signatures, and before unmasking it signs the survivor set and checks that more than
+  half of the participants signed the same set.
+
+A client that finds something wrong raises a typed :class:`~protocols.errors.ProtocolError`
+and stops: every later request is refused, which the server sees as a dropout.
 
 Secrets held here and nowhere else: the two X25519 private keys, the self-mask seed ``b``,
-and the shares of neighbours' secrets it received. All come from ``entropy`` (the OS CSPRNG
-by default).
+the shares of neighbours' secrets it received, the rounding key and (malicious-server mode)
+the identity key. Keys and ``b`` come from ``entropy`` (the OS CSPRNG by default), fresh for
+every execution of a round; the rounding key from the caller's per-client ``secret``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.errors import (
+    InconsistentView,
     MalformedMessage,
+    ProtocolError,
     TamperedMessage,
     TooFewClients,
+    UnexpectedStage,
+    UnsafeParameters,
     WrongLength,
     WrongRound,
 )
-from protocols.quantize import FixedPointCodec
 from protocols.secagg import primitives as cr
 from protocols.secagg import shamir
-from protocols.secagg.graph import neighbour_graph
 from protocols.secagg.messages import (
     B_SHARE,
     HEADER,
@@ -41,12 +64,17 @@ from protocols.secagg.messages import (
     Reader,
     RoundStart,
     ShareKeys,
+    SurvivorSet,
     UnmaskRequest,
     UnmaskShares,
+    advertisement,
     read_header,
     seal,
     share_associated_data,
+    survivor_statement,
 )
+from protocols.secagg.options import SecAggOptions
+from protocols.secagg.transcript import RoundView
 
 
 def clipped_cap(max_clients: int) -> int:
@@ -55,16 +83,78 @@ def clipped_cap(max_clients: int) -> int:
 
 
 class SecAggClient:
-    """A participant in one round. ``update`` is its float vector; nothing else leaves it masked."""
+    """A participant in one round. ``update`` is its float vector; nothing else leaves it masked.
+
+    ``options`` are the run's public SecAgg+ parameters as this client holds them; ``run_seed``
+    the run's public seed (bound into the transcript); ``secret`` a 32-byte secret only this
+    client holds, from which its rounding randomness is keyed (``None``: fresh randomness from
+    ``entropy``). Malicious-server mode needs ``identity`` (this client's Ed25519 key,
+    registered at enrolment) and ``registry`` (every enrolled client's identity public key).
+    """
 
     def __init__(self, client_id: int, round_id: int, update: np.ndarray, *,
-                 rounding_key: bytes, entropy: cr.Entropy = cr.default_entropy) -> None:
+                 options: SecAggOptions | None = None, run_seed: int = 0,
+                 secret: bytes | None = None, entropy: cr.Entropy = cr.default_entropy,
+                 identity: Ed25519PrivateKey | None = None,
+                 registry: Mapping[int, bytes] | None = None) -> None:
         self.id = client_id
         self.round_id = round_id
+        self.options = options or SecAggOptions()
+        if self.options.malicious_server and (identity is None or registry is None):
+            raise ValueError("malicious_server mode needs the client's identity key and the "
+                             "registry of enrolled identities")
+        self.run_seed = run_seed
         self._update = update
-        self._rounding_key = rounding_key
         self._entropy = entropy
-        self.clipped = 0
+        self._rounding_key = (cr.rounding_key(secret, round_id, client_id) if secret is not None
+                              else entropy(cr.KEY_BYTES))
+        self._identity = identity
+        self._registry = registry or {}
+        self.clipped: int | None = None
+        self._steps = ["advertise_keys", "share_keys", "receive_shares", "mask"]
+        if self.options.malicious_server:
+            self._steps.append("consistency")
+        self._steps.append("unmask")
+        self._done = 0
+        self._failed: ProtocolError | None = None
+        self._sealed: set[Kind] = set()
+
+    # -- the state machine ----------------------------------------------------------------
+    @property
+    def next_step(self) -> str | None:
+        """The one step this client will perform next (``None``: finished or stopped)."""
+        if self._failed is not None or self._done >= len(self._steps):
+            return None
+        return self._steps[self._done]
+
+    def _enter(self, step: str) -> None:
+        if self._failed is not None:
+            raise UnexpectedStage(f"{step} requested after this client stopped "
+                                  f"({self._failed.reason})", client_id=self.id, stage=step)
+        expected = self.next_step
+        if step != expected:
+            done = step in self._steps[:self._done]
+            problem = "was already answered this round" if done else f"comes before {expected!r}"
+            raise UnexpectedStage(f"{step} requested, but it {problem}: each stage runs once, "
+                                  "in order", client_id=self.id, stage=step)
+
+    def _run(self, step: str, fn, *args):
+        try:
+            self._enter(step)
+            out = fn(*args)
+        except ProtocolError as err:
+            if self._failed is None:
+                self._failed = err
+            raise
+        self._done += 1
+        return out
+
+    def _seal(self, kind: Kind, body: bytes = b"", clear=b"") -> bytes:
+        if kind in self._sealed:  # unreachable through the state machine; never reuse a nonce
+            raise UnexpectedStage(f"a second {kind.name} message would reuse an AES-GCM nonce",
+                                  client_id=self.id, stage=STAGE_OF[kind])
+        self._sealed.add(kind)
+        return seal(kind, self.round_id, self.id, self._upload, body, clear)
 
     # -- incoming messages ------------------------------------------------------------------
     def _open(self, payload: bytes, kind: Kind) -> Reader:
@@ -83,17 +173,15 @@ class SecAggClient:
 
     # -- stage 1 ------------------------------------------------------------------------------
     def advertise_keys(self, round_start: bytes) -> bytes:
-        """Read the round's parameters; answer with two fresh public keys."""
+        """Read the server's key and the length; answer with two fresh public keys."""
+        return self._run("advertise_keys", self._advertise_keys, round_start)
+
+    def _advertise_keys(self, round_start: bytes) -> bytes:
         start = RoundStart.decode(self._open(round_start, Kind.ROUND_START))
         stage = "round_start"
         if start.length != self._update.shape[0]:
             raise WrongLength(f"round expects vectors of length {start.length}, this update has "
                               f"{self._update.shape[0]}", client_id=self.id, stage=stage)
-        try:
-            self._codec = FixedPointCodec(clip=start.clip, max_clients=start.max_clients)
-        except ValueError as err:
-            raise MalformedMessage(f"unusable codec parameters: {err}", client_id=self.id,
-                                   stage=stage) from None
         self._length = start.length
         self._c_sk, c_pk = cr.new_key_pair(self._entropy)
         self._s_sk, s_pk = cr.new_key_pair(self._entropy)
@@ -104,13 +192,21 @@ class SecAggClient:
         except ValueError:
             raise MalformedMessage("the server's public key is invalid", client_id=self.id,
                                    stage=stage) from None
-        keys = AdvertiseKeys(c_pk, s_pk)
-        return seal(Kind.ADVERTISE_KEYS, self.round_id, self.id, self._upload, b"", keys.clear())
+        signature = b""
+        if self.options.malicious_server:
+            signature = cr.sign(self._identity, b"advertise",
+                                advertisement(self.round_id, self.id, c_pk, s_pk))
+        keys = AdvertiseKeys(c_pk, s_pk, signature)
+        return self._seal(Kind.ADVERTISE_KEYS, clear=keys.clear())
 
     # -- stage 2 ------------------------------------------------------------------------------
     def share_keys(self, neighbour_keys: bytes) -> bytes:
-        """Check the neighbourhood, Shamir-share ``b`` and the mask key, encrypt one share per
-        neighbour, and derive the pairwise mask seeds."""
+        """Fix this client's view of the round (its own parameters and the announced
+        participants), check the neighbourhood, Shamir-share ``b`` and the mask key, encrypt
+        one share per neighbour, and derive the pairwise mask seeds."""
+        return self._run("share_keys", self._share_keys, neighbour_keys)
+
+    def _share_keys(self, neighbour_keys: bytes) -> bytes:
         msg = NeighbourKeys.decode(self._open(neighbour_keys, Kind.NEIGHBOUR_KEYS))
         stage = "neighbour_keys"
 
@@ -120,22 +216,36 @@ class SecAggClient:
         participants = msg.participants
         if participants != sorted(set(participants)) or self.id not in participants:
             raise bad("participant list is not sorted, has repeats, or omits this client")
-        m = len(participants)
-        if not (msg.k == m - 1 or (msg.k % 2 == 0 and 2 <= msg.k < m - 1)):
-            raise bad(f"degree {msg.k} is not valid for {m} participants")
-        if not 1 <= msg.t <= msg.k:
-            raise bad(f"threshold {msg.t} is not in 1..{msg.k}")
-        neighbours = neighbour_graph(participants, msg.k, msg.graph_seed)[self.id]
+        view = RoundView.derive(self.options, self.round_id, self.run_seed, self._length,
+                                participants)
+        if (msg.k, msg.t) != (view.k, view.t):
+            raise UnsafeParameters(
+                f"the server asks for degree {msg.k} and threshold {msg.t}; this client's own "
+                f"options give {view.k} and {view.t} for {len(participants)} participants",
+                client_id=self.id, stage=stage)
+        view.check_policy(self.options, client_id=self.id, stage=stage)
+        if (msg.signatures is not None) != self.options.malicious_server:
+            raise UnsafeParameters("key advertisements are signed only in malicious_server "
+                                   "mode, and must be there", client_id=self.id, stage=stage)
+        neighbours = view.graph[self.id]
         if set(msg.keys) != set(neighbours):
             raise bad("the keys sent are not those of this client's neighbours in the graph")
-        self._t = msg.t
+        if msg.signatures is not None:
+            for j in neighbours:
+                public = self._registry.get(j)
+                signed = advertisement(self.round_id, j, *msg.keys[j])
+                if public is None or not cr.verify(public, msg.signatures[j], b"advertise",
+                                                   signed):
+                    raise TamperedMessage(f"client {j}'s key advertisement does not carry its "
+                                          "registered signature", client_id=j, stage=stage)
+        self._view = view
         self._neighbour_keys = msg.keys
         self._x = {c: i + 1 for i, c in enumerate(participants)}
 
         self._b = self._entropy(shamir.SECRET_BYTES)
         secrets = shamir.secrets_to_field([self._b, cr.private_bytes(self._s_sk)])
         xs = np.array([self._x[j] for j in neighbours], dtype=np.uint64)
-        shares = shamir.split(secrets, xs, msg.t, self._entropy)  # (k, 2, CHUNKS)
+        shares = shamir.split(secrets, xs, view.t, self._entropy)  # (k, 2, CHUNKS)
 
         self._share_keys: dict[int, object] = {}
         self._pair_keys: dict[int, bytes] = {}
@@ -144,21 +254,25 @@ class SecAggClient:
             c_pk, s_pk = msg.keys[j]
             try:
                 aead = cr.share_key(cr.agree(self._c_sk, c_pk), self.round_id, self.id, j)
-                self._pair_keys[j] = cr.pair_mask_key(cr.agree(self._s_sk, s_pk), self.round_id,
-                                                      self.id, j)
+                self._pair_keys[j] = cr.pair_mask_key(cr.agree(self._s_sk, s_pk), view.digest,
+                                                      self.round_id, self.id, j)
             except ValueError:
                 raise bad(f"neighbour {j}'s public key is invalid") from None
             self._share_keys[j] = aead
             plain = SHARE_PLAIN.pack(self.id, j, shamir.share_to_bytes(shares[idx, 0]),
                                      shamir.share_to_bytes(shares[idx, 1]))
-            ad = share_associated_data(self.round_id, self.id, j, self._my_keys, msg.keys[j])
+            ad = share_associated_data(self.round_id, self.id, j, self._my_keys, msg.keys[j],
+                                       view.digest)
             cts[j] = aead.encrypt(cr.nonce(Kind.SHARE_KEYS, self.id), plain, ad)
         body = ShareKeys(cr.commit_seed(self._b, self.round_id, self.id), cts).body()
-        return seal(Kind.SHARE_KEYS, self.round_id, self.id, self._upload, body)
+        return self._seal(Kind.SHARE_KEYS, body)
 
     # -- stage 3 ------------------------------------------------------------------------------
     def receive_shares(self, forwarded: bytes) -> None:
         """Decrypt and check the shares the neighbours sent; fix the set masked against."""
+        return self._run("receive_shares", self._receive_shares, forwarded)
+
+    def _receive_shares(self, forwarded: bytes) -> None:
         msg = ForwardedShares.decode(self._open(forwarded, Kind.FORWARDED_SHARES))
         self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for j, ct in msg.ciphertexts.items():
@@ -166,13 +280,13 @@ class SecAggClient:
                 raise MalformedMessage(f"forwarded a share from client {j}, not a neighbour",
                                        client_id=self.id, stage="forwarded_shares")
             ad = share_associated_data(self.round_id, j, self.id, self._neighbour_keys[j],
-                                       self._my_keys)
+                                       self._my_keys, self._view.digest)
             try:
                 plain = self._share_keys[j].decrypt(cr.nonce(Kind.SHARE_KEYS, j), ct, ad)
             except InvalidTag:
                 raise TamperedMessage(
                     f"share ciphertext to client {self.id} failed authentication (AES-GCM): "
-                    "altered, replayed from another round, or keys differ",
+                    "altered, replayed from another round, or keys or views differ",
                     client_id=j, stage="share_keys") from None
             sender, receiver, b_raw, sk_raw = SHARE_PLAIN.unpack(plain)
             b_share, sk_share = shamir.share_from_bytes(b_raw), shamir.share_from_bytes(sk_raw)
@@ -180,9 +294,9 @@ class SecAggClient:
                 raise MalformedMessage(f"share plaintext from client {j} is inconsistent",
                                        client_id=j, stage="share_keys")
             self._held[j] = (b_share, sk_share)
-        if len(self._held) < self._t:
+        if len(self._held) < self._view.t:
             raise TooFewClients(f"only {len(self._held)} neighbours shared keys, the threshold "
-                                f"is {self._t}: refusing to send a masked input",
+                                f"is {self._view.t}: refusing to send a masked input",
                                 client_id=self.id, stage="forwarded_shares")
 
     def masked_input(self, forwarded: bytes) -> bytes:
@@ -192,28 +306,68 @@ class SecAggClient:
 
     def mask(self) -> bytes:
         """The masked-input upload (after :meth:`receive_shares`): the timed masking step."""
-        n = self._length
-        stream = cr.MaskStream(n + 1)
-        acc = np.empty(n + 1, dtype=np.uint32)
-        for start, words in stream.blocks(self._rounding_key):
-            stop = min(start + len(words), n)
+        return self._run("mask", self._mask)
+
+    def _mask(self) -> bytes:
+        view = self._view
+        n, words = self._length, view.words
+        codec = view.codec
+        stream = cr.MaskStream(words)
+        acc = np.empty(words, dtype=np.uint32)
+        for start, block in stream.blocks(self._rounding_key):
+            stop = min(start + len(block), n)
             if stop <= start:
                 break  # the last word is the clipped count, not a coordinate
-            self._codec.encode_words(self._update[start:stop], words[:stop - start],
-                                     out=acc[start:stop])
-        self.clipped = self._codec.count_clipped(self._update)
-        acc[n] = min(self.clipped, clipped_cap(self._codec.max_clients))
+            codec.encode_words(self._update[start:stop], block[:stop - start],
+                               out=acc[start:stop])
+        if view.report_clipped:
+            self.clipped = codec.count_clipped(self._update)
+            acc[n] = min(self.clipped, clipped_cap(codec.max_clients))
         masks = [(cr.self_mask_key(self._b, self.round_id, self.id), 1)]
         masks += [(self._pair_keys[j], 1 if self.id < j else -1) for j in self._held]
         stream.apply(acc, masks)
         self._update = None  # the plain update is no longer needed
-        return seal(Kind.MASKED_INPUT, self.round_id, self.id, self._upload,
-                    clear=acc.astype("<u4", copy=False))
+        return self._seal(Kind.MASKED_INPUT, clear=acc.astype("<u4", copy=False))
+
+    # -- stage 3b (malicious-server mode) ----------------------------------------------------
+    def consistency(self, survivor_set: bytes) -> bytes:
+        """Sign the survivor set with this client's transcript: its signature is what lets
+        other clients check that everyone was shown the same set."""
+        return self._run("consistency", self._consistency, survivor_set)
+
+    def _consistency(self, survivor_set: bytes) -> bytes:
+        msg = SurvivorSet.decode(self._open(survivor_set, Kind.SURVIVOR_SET))
+        stage = "survivor_set"
+        u3 = msg.survivors
+        if u3 != sorted(set(u3)) or self.id not in u3:
+            raise MalformedMessage("survivor set is not sorted, has repeats, or omits this "
+                                   "client", client_id=self.id, stage=stage)
+        if not set(u3) <= set(self._view.participants):
+            raise MalformedMessage("survivor set names clients that did not take part",
+                                   client_id=self.id, stage=stage)
+        self._check_quorum(len(u3), "survivors", stage)
+        self._survivors = u3
+        signature = cr.sign(self._identity, b"survivors",
+                            survivor_statement(self._view.digest, u3))
+        return self._seal(Kind.CONSISTENCY, signature)
+
+    def _check_quorum(self, count: int, what: str, stage: str) -> None:
+        """More than half of the participants (and at least ``min_clients``): two disjoint
+        sets of honest signers cannot both reach it."""
+        m = len(self._view.participants)
+        need = max(m // 2 + 1, self.options.min_clients)
+        if count < need:
+            raise InconsistentView(f"{count} {what} of {m} participants; at least {need} "
+                                   "needed (a majority and min_clients)", client_id=self.id,
+                                   stage=stage)
 
     # -- stage 4 ------------------------------------------------------------------------------
     def unmask(self, request: bytes) -> bytes:
         """Send the ``b`` share of each surviving neighbour and the mask-key share of each
-        dropped one: never both for the same neighbour."""
+        dropped one, once per round: never both for the same neighbour."""
+        return self._run("unmask", self._unmask, request)
+
+    def _unmask(self, request: bytes) -> bytes:
         msg = UnmaskRequest.decode(self._open(request, Kind.UNMASK_REQUEST))
         stage = "unmask_request"
         survivors, dropped = set(msg.survivors), set(msg.dropped)
@@ -226,14 +380,34 @@ class SecAggClient:
         if survivors | dropped != set(self._held):
             raise MalformedMessage("the request does not account for exactly the neighbours "
                                    "this client masked against", client_id=self.id, stage=stage)
-        if len(survivors) < self._t:
+        if len(survivors) < self._view.t:
             raise TooFewClients(f"only {len(survivors)} neighbours survived, the threshold is "
-                                f"{self._t}: refusing to help unmask", client_id=self.id,
+                                f"{self._view.t}: refusing to help unmask", client_id=self.id,
                                 stage=stage)
+        if self.options.malicious_server:
+            self._check_signed_view(survivors, msg.signatures or {}, stage)
         owners = sorted(survivors) + sorted(dropped)
         kinds = [B_SHARE] * len(survivors) + [SK_SHARE] * len(dropped)
         rows = [self._held[o][k] for o, k in zip(owners, kinds, strict=True)]
-        msg = UnmaskShares(np.array(owners, dtype=np.int64), np.array(kinds, dtype=np.uint8),
+        out = UnmaskShares(np.array(owners, dtype=np.int64), np.array(kinds, dtype=np.uint8),
                            np.array(rows, dtype=np.uint64).reshape(len(owners), shamir.CHUNKS))
-        return seal(Kind.UNMASK_SHARES, self.round_id, self.id, self._upload,
-                    msg.body())
+        return self._seal(Kind.UNMASK_SHARES, out.body())
+
+    def _check_signed_view(self, survivors: set[int], signatures: Mapping[int, bytes],
+                           stage: str) -> None:
+        """The request must follow the survivor set this client signed, and more than half of
+        the participants must have signed that same set under the same transcript."""
+        u3 = set(self._survivors)
+        if survivors != set(self._held) & u3:
+            raise InconsistentView("the survivors named differ from the survivor set this "
+                                   "client signed", client_id=self.id, stage=stage)
+        statement = survivor_statement(self._view.digest, self._survivors)
+        valid = 0
+        for cid, sig in signatures.items():
+            public = self._registry.get(cid)
+            if cid not in u3 or public is None or not cr.verify(public, sig, b"survivors",
+                                                                statement):
+                raise InconsistentView(f"client {cid}'s signature is not on the survivor set "
+                                       "this client signed", client_id=self.id, stage=stage)
+            valid += 1
+        self._check_quorum(valid, "valid signatures on the survivor set", stage)

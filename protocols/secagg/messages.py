@@ -8,8 +8,9 @@ Every message starts with one header::
 little-endian. Uploads (client -> server) are sealed with AES-256-GCM under the client's
 upload key: the header (and, for ``AdvertiseKeys``, the two public keys, which must be
 readable to derive that key; and the masked vector, uniformly random already) is associated
-data, the rest of the body is encrypted, and the 16-byte tag ends the message. The nonce is the message type and client id: each key seals one message
-of each type. Downloads (server -> client) are plain: they carry public keys, ciphertexts
+data, the rest of the body is encrypted, and the 16-byte tag ends the message. The nonce is
+the message type and client id: each key seals one message of each type, and a client's
+stage state machine makes sure it never seals a second. Downloads (server -> client) are plain: they carry public keys, ciphertexts
 between clients and lists of ids. Parsing never trusts a length field: a message whose size
 does not match its declared layout is rejected.
 """
@@ -25,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from protocols.errors import MalformedMessage, TamperedMessage, WrongLength
-from protocols.secagg.primitives import KEY_BYTES, TAG_BYTES, VERSION, nonce
+from protocols.secagg.primitives import KEY_BYTES, SIGNATURE_BYTES, TAG_BYTES, VERSION, nonce
 from protocols.secagg.shamir import CHUNKS, PRIME, SHARE_BYTES
 
 MAGIC = b"FSA+"
@@ -43,18 +44,22 @@ class Kind(IntEnum):
     MASKED_INPUT = 6
     UNMASK_REQUEST = 7
     UNMASK_SHARES = 8
+    SURVIVOR_SET = 9
+    CONSISTENCY = 10
 
 
 UPLOAD_STAGES: dict[str, Kind] = {
     "advertise_keys": Kind.ADVERTISE_KEYS,
     "share_keys": Kind.SHARE_KEYS,
     "masked_input": Kind.MASKED_INPUT,
+    "consistency": Kind.CONSISTENCY,
     "unmask": Kind.UNMASK_SHARES,
 }
 DOWNLOAD_STAGES: dict[Kind, str] = {
     Kind.ROUND_START: "round_start",
     Kind.NEIGHBOUR_KEYS: "neighbour_keys",
     Kind.FORWARDED_SHARES: "forwarded_shares",
+    Kind.SURVIVOR_SET: "survivor_set",
     Kind.UNMASK_REQUEST: "unmask_request",
 }
 STAGE_OF: dict[Kind, str] = {**{k: s for s, k in UPLOAD_STAGES.items()}, **DOWNLOAD_STAGES}
@@ -179,17 +184,17 @@ def tag_of(payload: bytes) -> bytes:
 # -- bodies -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RoundStart:
-    """Server -> each sampled client: the round's parameters and the server's key."""
+    """Server -> each sampled client: the server's key and the vector length (which the client
+    checks against its own update). Codec parameters are not sent: each client takes them
+    from its own options."""
 
     server_pk: bytes
     length: int
-    clip: float
-    max_clients: int
 
-    LAYOUT = struct.Struct(f"<{KEY_BYTES}sqdq")
+    LAYOUT = struct.Struct(f"<{KEY_BYTES}sq")
 
     def encode(self, round_id: int, client_id: int) -> bytes:
-        body = self.LAYOUT.pack(self.server_pk, self.length, self.clip, self.max_clients)
+        body = self.LAYOUT.pack(self.server_pk, self.length)
         return header_bytes(Kind.ROUND_START, round_id, client_id, len(body)) + body
 
     @classmethod
@@ -201,50 +206,85 @@ class RoundStart:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Client -> server: the public keys for share encryption (``c``) and masking (``s``)."""
+    """Client -> server: the public keys for share encryption (``c``) and masking (``s``),
+    and (malicious-server mode) the client's Ed25519 signature over them."""
 
     c_pk: bytes
     s_pk: bytes
+    signature: bytes = b""
 
     CLEAR_LEN = 2 * KEY_BYTES
 
     def clear(self) -> bytes:
-        return self.c_pk + self.s_pk
+        return self.c_pk + self.s_pk + self.signature
+
+    @staticmethod
+    def clear_len(signed: bool) -> int:
+        return AdvertiseKeys.CLEAR_LEN + (SIGNATURE_BYTES if signed else 0)
+
+    @classmethod
+    def parse(cls, clear: bytes) -> AdvertiseKeys:
+        return cls(clear[:KEY_BYTES], clear[KEY_BYTES:2 * KEY_BYTES], clear[2 * KEY_BYTES:])
+
+
+def advertisement(round_id: int, client_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+    """What a client signs when it advertises its keys (malicious-server mode)."""
+    return struct.pack("<qq", round_id, client_id) + c_pk + s_pk
+
+
+def survivor_statement(digest: bytes, survivors: list[int]) -> bytes:
+    """What a survivor signs in the consistency check: its transcript and the survivor set."""
+    return digest + _ids(sorted(survivors))
 
 
 @dataclass(frozen=True)
 class NeighbourKeys:
-    """Server -> client: who took part, the graph parameters, and its neighbours' public keys."""
+    """Server -> client: who took part, the degree and threshold the server uses (a client
+    checks them against its own), and its neighbours' public keys (with their signatures in
+    malicious-server mode). The graph seed is not sent: every party derives it from the
+    transcript."""
 
     k: int
     t: int
-    graph_seed: bytes
     participants: list[int]
     keys: dict[int, tuple[bytes, bytes]]
+    signatures: dict[int, bytes] | None = None
 
-    LAYOUT = struct.Struct(f"<HH{KEY_BYTES}s")
+    LAYOUT = struct.Struct("<HHB")
     ENTRY = struct.Struct(f"<q{KEY_BYTES}s{KEY_BYTES}s")
+    SIGNED = struct.Struct(f"<q{KEY_BYTES}s{KEY_BYTES}s{SIGNATURE_BYTES}s")
 
     def encode(self, round_id: int, client_id: int) -> bytes:
-        body = [self.LAYOUT.pack(self.k, self.t, self.graph_seed), _ids(self.participants),
+        signed = self.signatures is not None
+        body = [self.LAYOUT.pack(self.k, self.t, signed), _ids(self.participants),
                 _COUNT.pack(len(self.keys))]
-        body += [self.ENTRY.pack(cid, *self.keys[cid]) for cid in sorted(self.keys)]
+        if signed:
+            body += [self.SIGNED.pack(c, *self.keys[c], self.signatures[c]) for c in sorted(self.keys)]
+        else:
+            body += [self.ENTRY.pack(cid, *self.keys[cid]) for cid in sorted(self.keys)]
         body = b"".join(body)
         return header_bytes(Kind.NEIGHBOUR_KEYS, round_id, client_id, len(body)) + body
 
     @classmethod
     def decode(cls, r: Reader) -> NeighbourKeys:
-        k, t, seed = r.unpack(cls.LAYOUT, "graph parameters")
+        k, t, signed = r.unpack(cls.LAYOUT, "graph parameters")
+        if signed > 1:
+            raise r.error(f"signed flag {signed} is not 0 or 1")
         participants = r.ids("participants")
         (count,) = r.unpack(_COUNT, "key count")
-        keys = {}
+        keys: dict[int, tuple[bytes, bytes]] = {}
+        sigs: dict[int, bytes] = {}
         for _ in range(count):
-            cid, c_pk, s_pk = r.unpack(cls.ENTRY, "neighbour keys")
+            if signed:
+                cid, c_pk, s_pk, sig = r.unpack(cls.SIGNED, "neighbour keys")
+                sigs[cid] = sig
+            else:
+                cid, c_pk, s_pk = r.unpack(cls.ENTRY, "neighbour keys")
             if cid in keys:
                 raise r.error(f"keys of client {cid} listed twice")
             keys[cid] = (c_pk, s_pk)
         r.done()
-        return cls(k, t, seed, participants, keys)
+        return cls(k, t, participants, keys, sigs if signed else None)
 
 
 @dataclass(frozen=True)
@@ -301,22 +341,54 @@ class ForwardedShares:
 
 
 @dataclass(frozen=True)
+class SurvivorSet:
+    """Server -> each survivor (malicious-server mode): every client whose masked input
+    arrived. Each survivor signs it with its transcript before any share is released."""
+
+    survivors: list[int]
+
+    def encode(self, round_id: int, client_id: int) -> bytes:
+        body = _ids(self.survivors)
+        return header_bytes(Kind.SURVIVOR_SET, round_id, client_id, len(body)) + body
+
+    @classmethod
+    def decode(cls, r: Reader) -> SurvivorSet:
+        survivors = r.ids("survivors")
+        r.done()
+        return cls(survivors)
+
+
+_SIGNATURE = struct.Struct(f"<q{SIGNATURE_BYTES}s")
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
     """Server -> client: which neighbours survived (send their ``b`` share) and which dropped
-    (send their mask-key share). A neighbour is in at most one list."""
+    (send their mask-key share). A neighbour is in at most one list. In malicious-server mode
+    it also carries the survivors' signatures over the survivor set."""
 
     survivors: list[int]
     dropped: list[int]
+    signatures: dict[int, bytes] | None = None
 
     def encode(self, round_id: int, client_id: int) -> bytes:
-        body = _ids(self.survivors) + _ids(self.dropped)
+        sigs = self.signatures or {}
+        body = b"".join([_ids(self.survivors), _ids(self.dropped), _COUNT.pack(len(sigs))]
+                        + [_SIGNATURE.pack(c, sigs[c]) for c in sorted(sigs)])
         return header_bytes(Kind.UNMASK_REQUEST, round_id, client_id, len(body)) + body
 
     @classmethod
     def decode(cls, r: Reader) -> UnmaskRequest:
         survivors, dropped = r.ids("survivors"), r.ids("dropped")
+        (count,) = r.unpack(_COUNT, "signature count")
+        sigs: dict[int, bytes] = {}
+        for _ in range(count):
+            cid, sig = r.unpack(_SIGNATURE, "signature")
+            if cid in sigs:
+                raise r.error(f"two signatures of client {cid}")
+            sigs[cid] = sig
         r.done()
-        return cls(survivors, dropped)
+        return cls(survivors, dropped, sigs)
 
 
 @dataclass(frozen=True)
@@ -352,9 +424,10 @@ class UnmaskShares:
 
 def share_associated_data(round_id: int, sender: int, receiver: int,
                           sender_keys: tuple[bytes, bytes],
-                          receiver_keys: tuple[bytes, bytes]) -> bytes:
-    """What a share ciphertext is bound to: version, round, stage, both parties and the public
-    keys each saw. A mismatch in any of them (another round, a relabelled sender, a swapped
-    key) fails authentication at the receiver."""
+                          receiver_keys: tuple[bytes, bytes], transcript: bytes) -> bytes:
+    """What a share ciphertext is bound to: version, round, stage, both parties, the public
+    keys each saw and the sender's transcript hash. A mismatch in any of them (another round,
+    a relabelled sender, a swapped key, a different view of the round) fails authentication
+    at the receiver."""
     return (MAGIC + bytes([VERSION, Kind.SHARE_KEYS]) + struct.pack("<qqq", round_id, sender, receiver)
-            + b"".join(sender_keys) + b"".join(receiver_keys))
+            + b"".join(sender_keys) + b"".join(receiver_keys) + transcript)

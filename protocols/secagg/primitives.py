@@ -8,6 +8,8 @@
   encrypts the Shamir shares one client relays to another through the server.
 - AES-256-CTR is the mask generator: its keystream, read as little-endian uint32 words, is
   a uniformly random vector over Z_2^32 for a uniformly random key.
+- Ed25519 identity keys sign key advertisements and the survivor set in the
+  malicious-server mode.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import struct
 from collections.abc import Callable
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,10 +32,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 Entropy = Callable[[int], bytes]
 """A source of cryptographically secure random bytes: ``entropy(n) -> n bytes``."""
 
-VERSION = 1
+VERSION = 2
 KEY_BYTES = 32
 TAG_BYTES = 16
-_DOMAIN = b"ffm-secagg/v1/"
+SIGNATURE_BYTES = 64
+_DOMAIN = b"ffm-secagg/v%d/" % VERSION
 _ZERO_IV = bytes(16)
 _AES, _CTR = algorithms.AES, modes.CTR  # looked up once: a mask is one short call
 
@@ -45,9 +50,11 @@ def _ids(*values: int) -> bytes:
     return b"".join(struct.pack("<q", v) for v in values)
 
 
-def hkdf(secret: bytes, purpose: bytes, *context: int, length: int = KEY_BYTES) -> bytes:
-    """HKDF-SHA256 of ``secret`` for one ``purpose`` bound to the round and parties in ``context``."""
-    info = _DOMAIN + purpose + b"/" + _ids(*context)
+def hkdf(secret: bytes, purpose: bytes, *context: int, length: int = KEY_BYTES,
+         bound: bytes = b"") -> bytes:
+    """HKDF-SHA256 of ``secret`` for one ``purpose`` bound to the round and parties in
+    ``context`` (and to ``bound``, e.g. a transcript hash)."""
+    info = _DOMAIN + purpose + b"/" + _ids(*context) + bound
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
 
 
@@ -86,9 +93,10 @@ def share_key(shared: bytes, round_id: int, a: int, b: int) -> AESGCM:
     return AESGCM(hkdf(shared, b"share-encryption", round_id, min(a, b), max(a, b)))
 
 
-def pair_mask_key(shared: bytes, round_id: int, a: int, b: int) -> bytes:
-    """Seed of the pairwise mask between ``a`` and ``b``; both derive it, so it cancels."""
-    return hkdf(shared, b"pair-mask", round_id, min(a, b), max(a, b))
+def pair_mask_key(shared: bytes, transcript: bytes, round_id: int, a: int, b: int) -> bytes:
+    """Seed of the pairwise mask between ``a`` and ``b``; both derive it, so it cancels, but
+    only when both hold the same ``transcript`` hash (the same view of the round)."""
+    return hkdf(shared, b"pair-mask", round_id, min(a, b), max(a, b), bound=transcript)
 
 
 def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:
@@ -96,23 +104,46 @@ def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:
     return hkdf(seed, b"self-mask", round_id, client_id)
 
 
-def rounding_key(seed: int, round_id: int, client_id: int) -> bytes:
-    """Key of a client's stochastic-rounding stream, from the run's public seed.
+def rounding_key(secret: bytes, round_id: int, client_id: int) -> bytes:
+    """Key of a client's stochastic-rounding stream, from a 32-byte secret only it holds.
 
-    Rounding randomness is not secret (the masks hide the rounded vector); deriving it from
-    the run seed makes a resumed run reproduce an uninterrupted one exactly.
+    Keyed from a client secret (not from public values), the rounded vector is not a
+    function of the update the server could invert; keyed from a persistent secret, a
+    replayed round rounds exactly as before, so the total is reproducible.
     """
-    return hkdf(_ids(seed), b"rounding", round_id, client_id)
-
-
-def graph_seed(seed: int, round_id: int) -> bytes:
-    """The public seed from which every party derives the round's neighbour graph."""
-    return hkdf(_ids(seed), b"graph", round_id)
+    if len(secret) != KEY_BYTES:
+        raise ValueError(f"a client secret must be {KEY_BYTES} bytes, got {len(secret)}")
+    return hkdf(secret, b"rounding", round_id, client_id)
 
 
 def commit_seed(seed: bytes, round_id: int, client_id: int) -> bytes:
     """SHA-256 commitment to a self-mask seed (uniform 256-bit, so the hash hides it)."""
     return hashlib.sha256(_DOMAIN + b"commit-b/" + _ids(round_id, client_id) + seed).digest()
+
+
+# -- Ed25519 identities (malicious-server mode) ------------------------------------------------
+def new_identity(entropy: Entropy) -> Ed25519PrivateKey:
+    """A fresh Ed25519 identity key (any 32 random bytes are a valid seed, RFC 8032)."""
+    return Ed25519PrivateKey.from_private_bytes(entropy(KEY_BYTES))
+
+
+def identity_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def sign(key: Ed25519PrivateKey, purpose: bytes, data: bytes) -> bytes:
+    """Ed25519 signature over ``data`` for one ``purpose`` (domain-separated)."""
+    return key.sign(_DOMAIN + b"sign/" + purpose + b"/" + data)
+
+
+def verify(public: bytes, signature: bytes, purpose: bytes, data: bytes) -> bool:
+    """Whether ``signature`` is ``public``'s signature over ``data`` for ``purpose``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(
+            signature, _DOMAIN + b"sign/" + purpose + b"/" + data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def nonce(kind: int, party: int = 0) -> bytes:

@@ -11,8 +11,16 @@ download (server ->) upload (-> server)        what happens
 ``neighbour_keys``   ``share_keys``            Shamir shares of ``b`` and the mask key,
                                                AES-GCM encrypted to each neighbour
 ``forwarded_shares`` ``masked_input``          quantized update + self mask + pairwise masks
+``survivor_set``     ``consistency``           (malicious-server mode) signature on the survivors
 ``unmask_request``   ``unmask``                ``b`` shares of survivors, key shares of dropouts
 ==================== ========================= =============================================
+
+Every client is built with the protocol's options (the run's public parameters, which a
+client applies itself), the run's public seed and its own secret from ``secrets``. In
+malicious-server mode the protocol object is also the enrolment authority of the
+simulation: it creates each client's Ed25519 identity key the first time the client takes
+part, keeps it on the client's side (the server object never sees it), and publishes the
+registry of identity public keys.
 
 A :class:`~protocols.channel.FaultyChannel` drops clients at an upload stage or alters what
 they upload; the server's typed errors land in :attr:`AggregateResult.rejected`.
@@ -33,7 +41,7 @@ from protocols.errors import ProtocolError
 from protocols.secagg import primitives as cr
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.options import SecAggOptions
-from protocols.secagg.server import STAGES, ReplayCache, SecAggServer
+from protocols.secagg.server import MALICIOUS_STAGES, STAGES, ReplayCache, SecAggServer
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class SecAggResult(AggregateResult):
     Attributes:
         clipped: coordinates clipped by the fixed-point codec, summed over the contributors
             (each client appends its count to its masked vector, so the server learns only
-            the total).
+            the total); ``None`` with ``report_clipped = false`` (no count is sent).
         neighbours: ``k``, neighbours per client this round; ``threshold``: ``t``.
         timings: seconds per party and step: ``server_*`` for the server, ``client_*`` summed
             over clients, ``client_*_median`` and ``client_*_max`` per client,
@@ -57,7 +65,7 @@ class SecAggResult(AggregateResult):
     ``t`` of their neighbours remained (they could never have been unmasked).
     """
 
-    clipped: int = 0
+    clipped: int | None = 0
     neighbours: int = 0
     threshold: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
@@ -86,6 +94,28 @@ class SecAggPlusProtocol(AggregationProtocol):
         self.options = options or SecAggOptions()
         self._entropy = entropy
         self._replay = ReplayCache()
+        if self.options.malicious_server:
+            self.stages = MALICIOUS_STAGES
+        self._identities: dict[int, object] = {}  # client side: each client's signing key
+        self.registry: dict[int, bytes] = {}  # public: enrolled identity keys
+
+    @property
+    def min_clients(self) -> int:  # type: ignore[override]
+        """Fewest contributors a round may have: the ``min_clients`` option."""
+        return self.options.min_clients
+
+    @property
+    def value_range(self) -> float:  # type: ignore[override]
+        """Largest coordinate encoded without clamping: the ``clip`` option."""
+        return float(self.options.clip)
+
+    def enrol(self, client_id: int) -> bytes:
+        """Create (once) a client's Ed25519 identity key and register its public key."""
+        if client_id not in self._identities:
+            key = cr.new_identity(self._entropy or cr.default_entropy)
+            self._identities[client_id] = key
+            self.registry[client_id] = cr.identity_public(key)
+        return self.registry[client_id]
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SecAggPlusProtocol:
@@ -93,8 +123,9 @@ class SecAggPlusProtocol(AggregationProtocol):
 
     def describe(self) -> str:
         o = self.options
+        mode = ", malicious-server checks" if o.malicious_server else ""
         return (f"secagg (SecAgg+, clip {o.clip}, neighbours {o.neighbours}, threshold "
-                f"{o.threshold}): the server learns only the sum of the sampled clients' "
+                f"{o.threshold}{mode}): the server learns only the sum of the sampled clients' "
                 "shared updates")
 
     def aggregate(
@@ -110,13 +141,25 @@ class SecAggPlusProtocol(AggregationProtocol):
         nothing) when too few clients survive to unmask safely."""
         channel = channel or Channel()
         ids, length = check_updates(updates)
+        if secrets is not None:
+            for cid in ids:
+                secret = secrets.get(cid)
+                if not isinstance(secret, bytes | bytearray) or len(secret) != cr.KEY_BYTES:
+                    raise ValueError(f"client {cid}: secrets[{cid}] must be {cr.KEY_BYTES} "
+                                     "bytes")
         entropy = self._entropy or cr.default_entropy
-        server = SecAggServer(round_id, ids, length, self.options,
-                              graph_seed=cr.graph_seed(seed, round_id), replay=self._replay,
-                              entropy=entropy)
-        clients = {cid: SecAggClient(cid, round_id, np.asarray(updates[cid]),
-                                     rounding_key=cr.rounding_key(seed, round_id, cid),
-                                     entropy=entropy) for cid in ids}
+        malicious = self.options.malicious_server
+        if malicious:
+            for cid in ids:
+                self.enrol(cid)
+        server = SecAggServer(round_id, ids, length, self.options, run_seed=seed,
+                              replay=self._replay, entropy=entropy,
+                              registry=self.registry if malicious else None)
+        clients = {cid: SecAggClient(
+            cid, round_id, np.asarray(updates[cid]), options=self.options, run_seed=seed,
+            secret=bytes(secrets[cid]) if secrets is not None else None, entropy=entropy,
+            identity=self._identities.get(cid), registry=self.registry if malicious else None)
+            for cid in ids}
         timings: dict[str, float] = {}
         spent_by_step: dict[str, list[float]] = {}
         client_errors: dict[int, ProtocolError] = {}
@@ -151,6 +194,9 @@ class SecAggPlusProtocol(AggregationProtocol):
         exchange(server.forward_shares(), "forwarded_shares", "masked_input",
                  [("receive_shares", SecAggClient.receive_shares),
                   ("mask", lambda c, _: c.mask())])
+        if malicious:
+            exchange(server.survivor_sets(), "survivor_set", "consistency",
+                     [("consistency", SecAggClient.consistency)])
         exchange(server.unmask_requests(), "unmask_request", "unmask",
                  [("unmask", SecAggClient.unmask)])
         outcome = server.finish()

@@ -125,11 +125,13 @@ def test_mask_is_aes256_ctr_keystream_as_little_endian_words():
 
 def test_key_derivations_are_separated():
     secret = bytes(32)
-    keys = {cr.pair_mask_key(secret, 1, 2, 3), cr.pair_mask_key(secret, 2, 2, 3),
-            cr.pair_mask_key(secret, 1, 2, 4), cr.self_mask_key(secret, 1, 2),
-            cr.upload_key(secret, 1, 2), cr.rounding_key(0, 1, 2), cr.graph_seed(0, 1)}
-    assert len(keys) == 7
-    assert cr.pair_mask_key(secret, 1, 2, 3) == cr.pair_mask_key(secret, 1, 3, 2)
+    view = b"v" * 32
+    keys = {cr.pair_mask_key(secret, view, 1, 2, 3), cr.pair_mask_key(secret, view, 2, 2, 3),
+            cr.pair_mask_key(secret, view, 1, 2, 4), cr.pair_mask_key(secret, b"w" * 32, 1, 2, 3),
+            cr.self_mask_key(secret, 1, 2), cr.upload_key(secret, 1, 2),
+            cr.rounding_key(secret, 1, 2), cr.hkdf(secret, b"graph", 1)}
+    assert len(keys) == 8
+    assert cr.pair_mask_key(secret, view, 1, 2, 3) == cr.pair_mask_key(secret, view, 1, 3, 2)
 
 
 def test_x25519_agreement_is_symmetric():
@@ -204,6 +206,9 @@ def test_encode_words_is_unbiased_and_clips():
     ({"neighbours": 0}, "protocol.options.neighbours"),
     ({"neighbours": "many"}, "protocol.options.neighbours"),
     ({"threshold": 0}, "protocol.options.threshold"),
+    ({"threshold": 1}, "protocol.options.threshold"),
+    ({"threshold": 0.2}, "protocol.options.threshold"),
+    ({"report_clipped": "no"}, "protocol.options.report_clipped"),
     ({"threshold": 1.5}, "protocol.options.threshold"),
     ({"threshold": "all"}, "protocol.options.threshold"),
     ({"min_clients": 0}, "protocol.options.min_clients"),
@@ -218,9 +223,10 @@ def test_options_are_validated_with_the_key_name(options, match):
 def test_option_defaults_and_resolution():
     o = SecAggOptions()
     assert (o.clip, o.neighbours, o.threshold, o.min_clients) == (1.0, "auto", "majority", 2)
+    assert (o.report_clipped, o.malicious_server) == (True, False)
     assert o.degree(200) == 32 and o.shares_needed(32) == 17
     assert o.degree(10) == 9 and o.degree(3) == 2
-    assert SecAggOptions(threshold=0.5).shares_needed(9) == 5
+    assert SecAggOptions(threshold=0.6).shares_needed(9) == 6
     assert SecAggOptions(threshold=3).shares_needed(20) == 3
     assert SecAggOptions(neighbours=7).degree(100) == 8
 
@@ -251,6 +257,17 @@ def test_sealed_upload_round_trip_and_failures():
 def test_commitment_hides_nothing_it_should_not():
     seed = bytes(32)
     c = cr.commit_seed(seed, 1, 2)
-    assert c == hashlib.sha256(b"ffm-secagg/v1/commit-b/" + (1).to_bytes(8, "little")
+    assert c == hashlib.sha256(b"ffm-secagg/v2/commit-b/" + (1).to_bytes(8, "little")
                                + (2).to_bytes(8, "little") + seed).digest()
     assert c != cr.commit_seed(seed, 2, 2)
+
+
+def test_spare_share_subsets_leave_out_fewest_first():
+    from math import comb
+
+    from protocols.secagg.server import _fewest_exclusions
+
+    subsets = list(_fewest_exclusions(list(range(6)), 3))
+    assert len(subsets) == comb(6, 3) and len({tuple(s) for s in subsets}) == comb(6, 3)
+    assert subsets[0] == [0, 1, 2] and all(len(s) == 3 for s in subsets)
+    assert [1, 2, 3] in subsets[:4]  # the lowest point left out within the first t + 1 tries
