@@ -286,3 +286,37 @@ def test_the_key_holder_sees_individual_ciphertexts():
     codec = proto.codec(1)
     assert np.abs(codec.decode_sum(residues[:LENGTH]) - ups[0]).max() <= 1 / codec.scale
     assert len(residues) == payload_length(LENGTH)
+
+
+def test_a_colluding_client_can_weight_another_clients_update():
+    """Limitation (docs/he.md): no proof of plaintext knowledge. A client colluding with the
+    server re-randomizes client 0's ciphertext (adds an encryption of zero): it passes the
+    copy check, and the sum becomes twice client 0's update."""
+    from protocols.he import crypto
+
+    proto = _proto(min_clients=2)
+    holder = proto.key_holder
+    ups = _updates([0, 1])
+    opening = holder.open_round(LENGTH, room=2, clip=1.0)
+    victim, receipt = proto.client(0).encrypt_update(opening, ups[0], round_id=0)
+    holder.receive_receipt(0, receipt)
+    proto.client(1)  # enrolled; its receipt key is the colluder's
+    op = decode_opening(proto.params, opening, client_id=None, stage="t")
+    public = ts.context_from(op.public, n_threads=1)
+    copy = ts._ts_cpp.BFVVector(public.data, _chunk(victim, opening, proto, 0))
+    copy.add_(ts._ts_cpp.BFVVector(public.data, [0] * N))
+    forged = _framed(proto, 1, copy.serialize(), opening)
+    dig = crypto.digest(forged)
+    tag = crypto.receipt_tag(proto.clients[1]._key, op.round_id, 1, op.fingerprint, dig)
+    holder.receive_receipt(1, wire.encode(wire.RECEIPT, scheme="bfv", round_id=op.round_id,
+                                          party=1, length=LENGTH, scale=0.0,
+                                          fingerprint=op.fingerprint, chunks=[dig, tag]))
+    inbox = proto.server.open_round(opening, stage=UPLOAD)
+    for cid, msg in ((0, victim), (1, forged)):
+        keys = inbox.check(cid, msg)
+        holder.receive_update(cid, msg)
+        inbox.accept(cid, keys)
+    values, _ = inbox.read_sum(holder.decrypt_aggregate(inbox.aggregate_message()),
+                               stage="decrypted_sum")
+    codec = proto.codec(2)
+    assert np.abs(codec.decode_sum(values) / 2 - ups[0]).max() <= 1 / codec.scale
