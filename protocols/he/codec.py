@@ -35,26 +35,6 @@ def fixed_point(codec: FixedPointCodec, x: np.ndarray, rng: np.random.Generator)
     return q
 
 
-def payload_length(length: int) -> int:
-    """Values encrypted for an update of ``length``: the update, then its clipped count.
-
-    The last slot carries how many coordinates the client clipped, so the decrypted sum
-    reports the round's total without revealing any client's count.
-    """
-    return length + 1
-
-
-def clipped_cap(params: HEParams, room: int) -> int:
-    """Largest clipped count a client reports, so that ``room`` counts stay decodable.
-
-    BFV: the sum of counts must not wrap modulo t; CKKS: it must stay within the range the
-    preset decrypts correctly. A larger count is reported as the cap (the total is then a
-    lower bound).
-    """
-    limit = params.max_abs_sum if params.scheme == CKKS else params.plain_modulus // 2 - 1
-    return max(0, int(limit // room))
-
-
 def native_vector_type(params: HEParams) -> type:
     """The native TenSEAL vector class of the scheme."""
     return _native.CKKSVector if params.scheme == CKKS else _native.BFVVector

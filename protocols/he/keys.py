@@ -36,7 +36,7 @@ from protocols.errors import (
     WrongRound,
 )
 from protocols.he import crypto, wire
-from protocols.he.codec import duplicate_key, load_chunk, payload_length
+from protocols.he.codec import duplicate_key, load_chunk
 from protocols.he.errors import UnverifiedContribution
 from protocols.he.params import CKKS, HEParams
 from protocols.quantize import FixedPointCodec
@@ -153,7 +153,7 @@ class _Round:
     scale: float
     context: ts.Context | None
     fingerprint: bytes
-    receipts: dict[int, bytes] = field(default_factory=dict)
+    receipts: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # digest, clipped
     contributors: list[int] = field(default_factory=list)
     seen: dict[bytes, int] = field(default_factory=dict)
     total: list | None = None
@@ -261,19 +261,23 @@ class KeyHolder:
         where = {"client_id": client_id, "stage": stage}
         if r.decrypted:
             raise ReplayedMessage("this round's sum was already decrypted", **where)
-        expect = wire.Expect(wire.RECEIPT, self.params.scheme, r.round_id, r.length, 2, None,
+        expect = wire.Expect(wire.RECEIPT, self.params.scheme, r.round_id, r.length, 3, None,
                              r.fingerprint, party=client_id)
         frame = wire.decode(payload, expect, client_id=client_id, stage=stage)
-        dig, tag = frame.chunks
+        dig, tag, count = frame.chunks
         key = self._clients.get(client_id)
         if key is None:
             raise UnverifiedContribution("not an enrolled client", **where)
-        if len(dig) != crypto.DIGEST_BYTES or not crypto.receipt_valid(
-                key, r.round_id, client_id, r.fingerprint, dig, tag):
+        if len(dig) != crypto.DIGEST_BYTES or len(count) != 8 or not crypto.receipt_valid(
+                key, r.round_id, client_id, r.fingerprint, dig + count, tag):
             raise UnverifiedContribution("receipt authentication failed", **where)
+        clipped = int.from_bytes(count, "little")
+        if clipped > r.length:
+            raise MalformedMessage(f"receipt reports {clipped} clipped coordinates of "
+                                   f"{r.length}", **where)
         if client_id in r.receipts:
             raise DuplicateMessage("second receipt in one round (the first is kept)", **where)
-        r.receipts[client_id] = dig
+        r.receipts[client_id] = (dig, clipped)
 
     def receive_update(self, client_id: int, payload: bytes, *,
                        stage: str = "encrypted_update") -> None:
@@ -290,14 +294,14 @@ class KeyHolder:
             raise ReplayedMessage("this round's sum was already decrypted", **where)
         if client_id in r.contributors:
             raise DuplicateMessage("second update in one round", **where)
-        dig = r.receipts.get(client_id)
-        if dig is None:
+        receipt = r.receipts.get(client_id)
+        if receipt is None:
             raise UnverifiedContribution("no authenticated receipt for this round", **where)
-        if crypto.digest(payload) != dig:
+        if crypto.digest(payload) != receipt[0]:
             raise UnverifiedContribution("the update does not match the client's receipt",
                                          **where)
         params = self.params
-        lengths = params.chunk_lengths(payload_length(r.length))
+        lengths = params.chunk_lengths(r.length)
         expect = wire.Expect(wire.UPDATE, params.scheme, r.round_id, r.length, len(lengths),
                              r.scale, r.fingerprint, party=client_id)
         frame = wire.decode(payload, expect, client_id=client_id, stage=stage)
@@ -361,7 +365,9 @@ class KeyHolder:
         r.total = None
         r.context = None  # the round's secret key is gone
         contributors = sorted(r.contributors)
+        clipped = sum(r.receipts[cid][1] for cid in contributors)
         return wire.encode(wire.SUM, scheme=params.scheme, round_id=r.round_id,
                            party=len(contributors), length=r.length, scale=r.scale,
-                           fingerprint=r.fingerprint, chunks=[total.tobytes()],
+                           fingerprint=r.fingerprint,
+                           chunks=[total.tobytes(), clipped.to_bytes(8, "little")],
                            contributors=contributors)

@@ -24,12 +24,10 @@ from protocols.errors import (
 )
 from protocols.he import crypto, wire
 from protocols.he.codec import (
-    clipped_cap,
     duplicate_key,
     encode_fixed_point,
     encrypt_chunks,
     load_chunk,
-    payload_length,
 )
 from protocols.he.keys import KEY_HOLDER, Opening, PublicContext, decode_opening, round_scale
 from protocols.he.params import CKKS, HEOptions, HEParams
@@ -88,8 +86,8 @@ class HEClient:
 
         Returns the framed update (for the server) and the receipt (for the key holder).
         BFV's stochastic rounding is keyed from ``secret`` (the client's 32-byte round secret;
-        ``None``: fresh OS randomness). Coordinates beyond the clip are clipped and counted
-        in the last encrypted slot.
+        ``None``: fresh OS randomness). Coordinates beyond the clip are clipped; their count
+        goes in the receipt, so only the key holder sees it and the server gets the total.
         """
         op, public = self.read_opening(opening)
         params, clip = self.options.params, self.options.clip
@@ -103,25 +101,22 @@ class HEClient:
                                   "second encryption of the same update would let the server "
                                   "difference two sums", **where)
         clipped = int(np.count_nonzero(np.abs(update) > clip))
-        count = min(clipped, clipped_cap(params, op.room))
         if params.scheme == CKKS:
-            values = np.empty(payload_length(op.length), dtype=np.float64)
-            np.clip(update, -clip, clip, out=values[:-1])
+            values = np.clip(update, -clip, clip)
         else:
             codec = FixedPointCodec(clip=clip, max_clients=op.room, modulus=params.plain_modulus)
             key = crypto.rounding_key(secret if secret is not None else os.urandom(32), round_id)
-            values = np.empty(payload_length(op.length), dtype=np.int64)
-            values[:-1] = encode_fixed_point(codec, update, crypto.KeystreamUniform(key))
-        values[-1] = count
+            values = encode_fixed_point(codec, update, crypto.KeystreamUniform(key))
         chunks = encrypt_chunks(public.context, params, values)
         message = wire.encode(wire.UPDATE, scheme=params.scheme, round_id=op.round_id,
                               party=self.id, length=op.length, scale=op.scale,
                               fingerprint=op.fingerprint, chunks=chunks)
         dig = crypto.digest(message)
-        tag = crypto.receipt_tag(self._key, op.round_id, self.id, op.fingerprint, dig)
+        count = clipped.to_bytes(8, "little")
+        tag = crypto.receipt_tag(self._key, op.round_id, self.id, op.fingerprint, dig + count)
         receipt = wire.encode(wire.RECEIPT, scheme=params.scheme, round_id=op.round_id,
                               party=self.id, length=op.length, scale=0.0,
-                              fingerprint=op.fingerprint, chunks=[dig, tag])
+                              fingerprint=op.fingerprint, chunks=[dig, tag, count])
         self._last_opening = op.round_id
         self._contributed.add(round_id)
         self.clipped = clipped
@@ -142,7 +137,7 @@ class RoundInbox:
         self.opening = opening
         self.round_id = opening.round_id
         self.stage = stage
-        self.lengths = params.chunk_lengths(payload_length(opening.length))
+        self.lengths = params.chunk_lengths(opening.length)
         self.expect = wire.Expect(wire.UPDATE, params.scheme, opening.round_id, opening.length,
                                   len(self.lengths), opening.scale, public.fingerprint)
         self.contributors: list[int] = []
@@ -184,26 +179,28 @@ class RoundInbox:
                            fingerprint=e.fingerprint, chunks=[],
                            contributors=self.contributors)
 
-    def read_sum(self, payload: bytes, *, stage: str) -> tuple[np.ndarray, float]:
+    def read_sum(self, payload: bytes, *, stage: str) -> tuple[np.ndarray, int]:
         """Parse the key holder's decrypted sum: the values (float64 for CKKS, residues mod t
-        for BFV) and the summed clipped count."""
+        for BFV) and the contributors' total clipped count."""
         e = self.expect
         where = {"client_id": KEY_HOLDER, "stage": stage}
-        expect = wire.Expect(wire.SUM, e.scheme, self.round_id, e.length, 1, e.scale,
+        expect = wire.Expect(wire.SUM, e.scheme, self.round_id, e.length, 2, e.scale,
                              e.fingerprint, party=len(self.contributors))
         frame = wire.decode(payload, expect, client_id=KEY_HOLDER, stage=stage)
         if sorted(frame.contributors) != sorted(self.contributors):
             raise MalformedMessage("the decrypted sum covers other contributors", **where)
-        body = frame.chunk(0)
+        body, count = frame.chunk(0), frame.chunk(1)
+        if len(count) != 8:
+            raise WrongLength("the clipped count is not one 8-byte value", **where)
         dtype = "<f8" if e.scheme == CKKS else "<u8"
         if len(body) % 8:
             raise WrongLength(f"decrypted sum of {len(body)} bytes is not a whole number of "
                               "8-byte values", **where)
         values = np.frombuffer(body, dtype=dtype)
-        if values.shape[0] != payload_length(e.length):
+        if values.shape[0] != e.length:
             raise WrongLength(f"decrypted sum has {values.shape[0]} values, expected "
-                              f"{payload_length(e.length)}", **where)
-        return values[:-1], float(values[-1])
+                              f"{e.length}", **where)
+        return values, int.from_bytes(count, "little")
 
 
 class HEServer:

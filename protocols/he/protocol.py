@@ -9,7 +9,8 @@ One round, every message through the :class:`~protocols.channel.Channel` as byte
    update, authenticated with HMAC-SHA256 under the key registered at enrolment.
 3. ``encrypted_update`` (client -> server): the update, clipped (BFV: mapped to fixed-point
    residues with :class:`~protocols.quantize.FixedPointCodec`, rounding keyed from the
-   client's secret), with its clipped count in the last slot, encrypted under the round's key.
+   client's secret), encrypted under the round's key; the receipt also carries the client's
+   clipped-coordinate count (the server learns only the round's total).
    The server checks it completely and forwards it (``forwarded_update``) to the key holder,
    which adds it to its own sum only if a receipt of that client names exactly these bytes.
 4. ``aggregate`` (server -> key holder): the request to decrypt; the key holder decrypts its
@@ -50,8 +51,8 @@ class HEResult(AggregateResult):
 
     Attributes:
         clipped: coordinates clipped before encryption, summed over the contributors (each
-            client encrypts its count in a last slot; the server learns only the total, capped
-            per client so the sum stays exact).
+            client's count travels in its authenticated receipt to the key holder, which
+            returns only the total with the sum).
         round_keys_bytes: size of the round's public context, sent to every client.
         timings: seconds: ``key_holder_open`` (key generation and signature),
             ``client_encrypt`` (summed over clients), ``server_check``, ``key_holder_verify``
@@ -273,13 +274,13 @@ class HEProtocol(AggregationProtocol):
             individual=None,
             bytes_up=channel.bytes_up,
             bytes_down=channel.bytes_down,
-            clipped=int(round(count)),
+            clipped=count,
             round_keys_bytes=inbox.public.size,
             timings=timings,
             client_errors=client_errors,
         )
 
-    def _decrypt(self, inbox, channel: Channel, stage: str) -> tuple[np.ndarray, float]:
+    def _decrypt(self, inbox, channel: Channel, stage: str) -> tuple[np.ndarray, int]:
         """The key holder hop; any failure aborts the round (nothing is revealed)."""
         sent = channel.download("aggregate", KEY_HOLDER, inbox.aggregate_message())
         if sent is None:
@@ -296,6 +297,4 @@ class HEProtocol(AggregationProtocol):
             values, count = inbox.read_sum(back, stage=stage)
         except ProtocolError as err:
             raise TooFewClients(f"the decrypted sum is unusable: {err}", stage=stage) from err
-        if self.params.scheme != CKKS:  # residues: the count is a small non-negative integer
-            count = float(int(count))
         return values, count

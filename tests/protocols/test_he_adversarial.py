@@ -24,13 +24,12 @@ from protocols.errors import (
     WrongRound,
 )
 from protocols.he import KEY_HOLDER, UnverifiedContribution, wire
-from protocols.he.codec import encrypt_chunks, payload_length
+from protocols.he.codec import encrypt_chunks
 from protocols.he.keys import Opening, decode_opening, encode_opening, fingerprint
 from tests.protocols.he_seal import SealAttacker
 
 UPLOAD, RECEIPT = "encrypted_update", "receipt"
-N = 4096  # bfv-4096: one ciphertext per update of N - 1 values (the last slot is the count)
-LENGTH = N - 1
+N = LENGTH = 4096  # bfv-4096: one ciphertext per update
 
 
 def _proto(min_clients=2):
@@ -126,7 +125,7 @@ def test_crafted_aggregate_is_refused_and_yields_no_key():
     # the honest completion: the one thing the server obtains is the sum
     holder.receive_update(1, msgs[1])
     answer = holder.decrypt_aggregate(_request(proto, [0, 1]))
-    frame = wire.decode(answer, wire.Expect(wire.SUM, "bfv", holder.round_id, LENGTH, 1, None,
+    frame = wire.decode(answer, wire.Expect(wire.SUM, "bfv", holder.round_id, LENGTH, 2, None,
                                             holder.fingerprint), client_id=KEY_HOLDER,
                         stage="decrypted_sum")
     residues = np.frombuffer(frame.chunk(0), dtype="<u8")
@@ -214,21 +213,22 @@ def test_receipts_authenticate_first():
     holder = proto.key_holder
     opening = holder.open_round(LENGTH, room=2, clip=1.0)
     msg, receipt = proto.client(0).encrypt_update(opening, _updates([0])[0], round_id=0)
-    forged = bytearray(receipt)
-    forged[-1] ^= 1  # the tag; fix the CRCs so only the HMAC can tell
     op = decode_opening(proto.params, opening, client_id=None, stage="t")
-    frame = wire.decode(receipt, wire.Expect(wire.RECEIPT, "bfv", op.round_id, LENGTH, 2, None,
+    frame = wire.decode(receipt, wire.Expect(wire.RECEIPT, "bfv", op.round_id, LENGTH, 3, None,
                                              op.fingerprint, 0), client_id=0, stage=RECEIPT)
-    dig, tag = frame.chunks
-    bad = wire.encode(wire.RECEIPT, scheme="bfv", round_id=op.round_id, party=0, length=LENGTH,
-                      scale=0.0, fingerprint=op.fingerprint,
-                      chunks=[dig, bytes(forged[-32:])])
-    with pytest.raises(UnverifiedContribution, match="authentication"):
-        holder.receive_receipt(0, bad)
+    dig, tag, count = frame.chunks
+    forged = bytes([tag[0] ^ 1]) + tag[1:]  # valid CRCs: only the HMAC can tell
+    for chunks in ([dig, forged, count],  # another tag
+                   [dig, tag, (7).to_bytes(8, "little")]):  # another clipped count
+        bad = wire.encode(wire.RECEIPT, scheme="bfv", round_id=op.round_id, party=0,
+                          length=LENGTH, scale=0.0, fingerprint=op.fingerprint, chunks=chunks)
+        with pytest.raises(UnverifiedContribution, match="authentication"):
+            holder.receive_receipt(0, bad)
     with pytest.raises(UnverifiedContribution, match="enrolled"):
         holder.receive_receipt(9, wire.encode(wire.RECEIPT, scheme="bfv", round_id=op.round_id,
                                               party=9, length=LENGTH, scale=0.0,
-                                              fingerprint=op.fingerprint, chunks=[dig, tag]))
+                                              fingerprint=op.fingerprint,
+                                              chunks=[dig, tag, count]))
     holder.receive_receipt(0, receipt)  # the garbage did not lock the genuine client out
     with pytest.raises(DuplicateMessage):
         holder.receive_receipt(0, receipt)
@@ -285,7 +285,7 @@ def test_the_key_holder_sees_individual_ciphertexts():
     residues = np.mod(np.asarray(vec.decrypt(), dtype=np.int64), proto.params.plain_modulus)
     codec = proto.codec(1)
     assert np.abs(codec.decode_sum(residues[:LENGTH]) - ups[0]).max() <= 1 / codec.scale
-    assert len(residues) == payload_length(LENGTH)
+    assert len(residues) == LENGTH
 
 
 def test_a_colluding_client_can_weight_another_clients_update():
@@ -306,11 +306,11 @@ def test_a_colluding_client_can_weight_another_clients_update():
     copy = ts._ts_cpp.BFVVector(public.data, _chunk(victim, opening, proto, 0))
     copy.add_(ts._ts_cpp.BFVVector(public.data, [0] * N))
     forged = _framed(proto, 1, copy.serialize(), opening)
-    dig = crypto.digest(forged)
-    tag = crypto.receipt_tag(proto.clients[1]._key, op.round_id, 1, op.fingerprint, dig)
+    dig, count = crypto.digest(forged), bytes(8)
+    tag = crypto.receipt_tag(proto.clients[1]._key, op.round_id, 1, op.fingerprint, dig + count)
     holder.receive_receipt(1, wire.encode(wire.RECEIPT, scheme="bfv", round_id=op.round_id,
                                           party=1, length=LENGTH, scale=0.0,
-                                          fingerprint=op.fingerprint, chunks=[dig, tag]))
+                                          fingerprint=op.fingerprint, chunks=[dig, tag, count]))
     inbox = proto.server.open_round(opening, stage=UPLOAD)
     for cid, msg in ((0, victim), (1, forged)):
         keys = inbox.check(cid, msg)
