@@ -153,8 +153,9 @@ def test_bfv_warns_when_clipping():
 def test_ckks_clips_and_counts_a_large_update_instead_of_crashing():
     proto = create("he", {"preset": "ckks-4096", **CKKS})
     ups = {0: np.zeros(3), 1: np.array([0.0, 2.0**17, -5.0]), 2: np.array([0.5, 2.0, 0.0])}
-    with pytest.warns(RuntimeWarning, match="client 1.*clipped"):
+    with pytest.warns(RuntimeWarning) as caught:
         res = proto.aggregate(0, ups)
+    assert sorted(str(w.message).split(":")[0] for w in caught) == ["client 1", "client 2"]
     np.testing.assert_allclose(res.total, [0.5, 2.0, -1.0], atol=proto.params.error_bound(3))
     assert res.clipped == 3 and res.contributors == (0, 1, 2)
     # a clip whose sum could leave the preset's exact range is a configuration error
