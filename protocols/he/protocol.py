@@ -190,9 +190,11 @@ class HEProtocol(AggregationProtocol):
         channel = channel or Channel()
         ids, length = self._check_round(updates)
         if secrets is not None:
-            missing = [cid for cid in ids if cid not in secrets]
-            if missing:
-                raise ValueError(f"client {missing[0]}: no secret given for this round")
+            for cid in ids:
+                if cid not in secrets:
+                    raise ValueError(f"client {cid}: no secret given for this round")
+                if not isinstance(secrets[cid], bytes) or len(secrets[cid]) != 32:
+                    raise ValueError(f"client {cid}: the round secret must be 32 bytes")
         if len(ids) < self.options.min_clients:
             raise TooFewClients(f"{len(ids)} clients sampled, at least "
                                 f"{self.options.min_clients} required", stage=UPLOAD)

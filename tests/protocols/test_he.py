@@ -493,3 +493,5 @@ def test_rounding_is_keyed_from_the_client_secret_not_the_public_seed():
         same[0].tobytes()
     with pytest.raises(ValueError, match="client 1"):
         p.aggregate(5, ups, secrets={0: base[0]})
+    with pytest.raises(ValueError, match="client 1: the round secret must be 32 bytes"):
+        p.aggregate(5, ups, secrets={0: base[0], 1: b"short"})
