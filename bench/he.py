@@ -1,203 +1,120 @@
-"""HE aggregation cost: the protocol beside raw TenSEAL calls on the same vectors.
+"""HE aggregation cost: the protocol's round beside raw TenSEAL calls on the same vectors.
 
-For each preset, vector length L and client count n, times the three phases of a round,
-encrypt (per client), aggregate (the server's parse, checks and additions over n clients) and
-decrypt (the key holder's, once; per-client phases use the median client, times n), for the protocol's parties and for the same work done with
-plain TenSEAL calls (``ts.ckks_vector``/``ts.bfv_vector``, ``serialize``, ``*_vector_from``,
-``+=``, ``decrypt``), and reports bytes per parameter and the overhead ratio.
-
-With n > --distinct (default 10), only --distinct clients encrypt (timed; the round estimate
-uses their mean); the other clients' ciphertexts are homomorphic sums of two or three of those
-(distinct ciphertexts, built untimed), so the aggregation really adds n different
-ciphertexts. Protocol and raw work alternate per client, in rotating order, so load changes
-and cache effects hit both alike.
+For each preset, vector length L and client count n, runs one real ``he`` round
+(:meth:`HEProtocol.aggregate`: the key holder's key generation and signed opening, every
+client's encryption and receipt, the server's checks, the key holder's verification of each
+forwarded update against its receipt, its own homomorphic sum and the decryption) and the same
+work done with plain TenSEAL calls under one key pair (native constructors, ``serialize``,
+load, ``add_``, ``decrypt``). Reports the phases the protocol adds: key rotation (a fresh
+key pair and signature per round, and its public context sent to every client) and
+verification (receipts, digests and the key holder's second parse of each ciphertext).
 
     python bench/he.py                                   # the table of bench/README.md
-    python bench/he.py --presets ckks-4096 --lengths 1e4 --clients 10
+    python bench/he.py --presets bfv-4096 --lengths 1e4 --clients 10
     python bench/he.py --precision                       # CKKS error and BFV noise budget
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import hashlib
 import itertools
 import json
 import os
 import statistics
 import time
+import warnings
 
 import numpy as np
 import tenseal as ts
 from tqdm.auto import tqdm
 
-from protocols.he import HEProtocol, parse_options, wire
+from protocols.he import HEProtocol, parse_options
 from protocols.he.codec import encode_fixed_point, native_vector_type
+from protocols.he.crypto import KeystreamUniform, rounding_key
+from protocols.he.keys import PublicContext, _new_context, decode_opening
 from protocols.he.params import CKKS, PRESETS
 
 
-def _split(values: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
-    return np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) > 1 else [values]
-
-
-class _Clock:
-    """Collects one duration per use; the median resists load spikes on a shared machine."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def __enter__(self):
-        self._t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.times.append(time.perf_counter() - self._t)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-
-def bench_one(preset: str, length: int, n: int, distinct: int, repeats: int = 1,
-              seed: int = 0) -> dict:
-    """One table row: protocol and raw TenSEAL phases on the same vectors and keys."""
-    params = PRESETS[preset]
-    k = min(n, distinct)
-    combos = list(itertools.islice(itertools.chain(
-        itertools.combinations(range(k), 2), itertools.combinations(range(k), 3)), n - k))
-    if n - k > len(combos):
-        raise ValueError(f"n = {n} needs more than {k} distinct encryptions")
-    n_summands = k + sum(map(len, combos))
-    options = {"preset": preset}
-    if params.scheme != CKKS:  # room for every encrypted vector inside the sums
-        options.update(clip=1.0, max_clients=n_summands)
-    proto = HEProtocol(parse_options(options))
-    codec = proto.codec(n_summands)
-    scale = codec.scale if codec is not None else params.scale
-    rnd = 1
-    client, holder = proto.client, proto.key_holder
-    pub = ts.context_from(holder.public_context_bytes(), n_threads=1)
-    sec = ts.context_from(holder.secret_context_bytes(), n_threads=1)
-    if params.scheme == CKKS:
-        pub.global_scale = sec.global_scale = params.scale
-    public_vec = ts.ckks_vector if params.scheme == CKKS else ts.bfv_vector
-    public_load = ts.ckks_vector_from if params.scheme == CKKS else ts.bfv_vector_from
+def _raw_round(params, codec, xs: list[np.ndarray]) -> dict:
+    """Encrypt, add and decrypt with plain TenSEAL under one key pair: the floor."""
     native = native_vector_type(params)
-    lengths = params.chunk_lengths(length)
-    rng = np.random.default_rng(seed)
-    xs = [rng.uniform(-1, 1, size=length) for _ in range(k)]
-
-    enc_p, enc_r, enc_n = _Clock(), _Clock(), _Clock()
-    fresh_msgs, fresh_raw, raw_values = [], [], []
-    for i in range(k):
-        seq = np.random.SeedSequence([seed, rnd, i])
-        values = xs[i] if codec is None else encode_fixed_point(codec, xs[i],
-                                                                np.random.default_rng(seq))
-        raw_values.append(values)
-        parts = _split(values, lengths)
-        out: dict[str, object] = {}
-
-        def protocol(i=i, seq=seq, out=out):
-            out["p"] = client.encrypt_update(rnd, i, xs[i], codec=codec,
-                                             rng=np.random.default_rng(seq))
-
-        def raw(parts=parts, out=out):
-            out["r"] = [public_vec(pub, part).serialize() for part in parts]
-
-        def raw_native(parts=parts):
-            for part in parts:
-                native(pub.data, part.tolist()).serialize()
-
-        jobs = [(enc_p, protocol), (enc_r, raw), (enc_n, raw_native)]
-        for clock, job in jobs[i % 3:] + jobs[:i % 3]:  # rotate: no path always goes first
-            best = _Clock()
-            for _ in range(repeats):  # the fastest of a few tries: load spikes only add time
-                with best:
-                    job()
-            clock.times.append(min(best.times))
-        fresh_msgs.append(out["p"])
-        fresh_raw.append(out["r"])
-
-    expect = wire.Expect(wire.UPDATE, params.scheme, rnd, length, len(lengths), scale,
-                         client.public.fingerprint)
-    fresh_chunks = [wire.decode(m, dataclasses.replace(expect, party=i),
-                                client_id=i, stage="bench").chunks
-                    for i, m in enumerate(fresh_msgs)]
-
-    def combo_sum(combo: tuple[int, ...]) -> list[bytes]:
-        out = []
-        for i in range(len(lengths)):
-            acc = native(pub.data, fresh_chunks[combo[0]][i])
-            for j in combo[1:]:
-                acc.add_(native(pub.data, fresh_chunks[j][i]))
-            out.append(acc.serialize())
-        return out
-
-    agg_p, agg_r = _Clock(), _Clock()
-    round_sum = proto.server.open_round(rnd, length, scale)
+    ctx = _new_context(params)
+    lengths = params.chunk_lengths(xs[0].shape[0])
+    t0 = time.perf_counter()
+    messages = []
+    for i, x in enumerate(xs):
+        values = x if codec is None else encode_fixed_point(
+            codec, x, KeystreamUniform(rounding_key(bytes(32), i)))
+        start, out = 0, []
+        for size in lengths:
+            out.append(native(ctx.data, values[start:start + size].tolist()).serialize())
+            start += size
+        messages.append(out)
+    t1 = time.perf_counter()
     acc = None
-    oracle = np.zeros(length)
-    bytes_p = bytes_r = 0
-    for i in tqdm(range(n), desc=f"{preset} L={length} n={n}", leave=False):
-        if i < k:
-            msg, raw_chunks = fresh_msgs[i], fresh_raw[i]
-            oracle += xs[i] if codec is None else codec.decode_sum(np.mod(raw_values[i], codec.modulus))
+    for out in messages:
+        vecs = [native(ctx.data, c) for c in out]
+        if acc is None:
+            acc = vecs
         else:
-            combo = combos[i - k]
-            raw_chunks = combo_sum(combo)
-            msg = wire.encode(wire.UPDATE, scheme=params.scheme, round_id=rnd, party=i,
-                              length=length, scale=scale, fingerprint=client.public.fingerprint,
-                              chunks=raw_chunks)
-            for j in combo:
-                oracle += xs[j] if codec is None else codec.decode_sum(
-                    np.mod(raw_values[j], codec.modulus))
-        bytes_p, bytes_r = max(bytes_p, len(msg)), max(bytes_r, sum(map(len, raw_chunks)))
+            for a, v in zip(acc, vecs, strict=True):
+                a.add_(v)
+    t2 = time.perf_counter()
+    for v in acc:
+        v.decrypt()
+    t3 = time.perf_counter()
+    return {"raw_encrypt_s": (t1 - t0) / len(xs), "raw_aggregate_s": t2 - t1,
+            "raw_decrypt_s": t3 - t2, "raw_round_s": t3 - t0,
+            "raw_bytes_per_param": sum(map(len, messages[0])) / xs[0].shape[0]}
 
-        def protocol(i=i, msg=msg):
-            round_sum.add(i, msg)
 
-        def raw(raw_chunks=raw_chunks):
-            nonlocal acc
-            vecs = [public_load(pub, c) for c in raw_chunks]
-            if acc is None:
-                acc = vecs
-            else:
-                for x, y in zip(acc, vecs, strict=True):
-                    x += y
-
-        jobs = [(agg_p, protocol), (agg_r, raw)]
-        for clock, job in (jobs if i % 2 else jobs[::-1]):
-            with clock:
-                job()
-    dec_p, dec_r = _Clock(), _Clock()
-    with dec_p:
-        answer = holder.decrypt_aggregate(round_sum.aggregate_message(), round_id=rnd)
-        total_p = round_sum.read_sum(answer, stage="bench")
-        if codec is not None:
-            total_p = codec.decode_sum(total_p)
-    with dec_r:
-        sums = [v.serialize() for v in acc]
-        total_r = np.concatenate([np.asarray(public_load(sec, s).decrypt()) for s in sums])
-    if codec is not None:  # raw BFV stops at the integers; the protocol also decodes them
-        total_r = codec.decode_sum(np.mod(total_r, codec.modulus))
-    bound = params.error_bound(n_summands) if codec is None else 1e-12 * n_summands
-    for name, total in (("protocol", total_p), ("raw", total_r)):
-        err = float(np.abs(total - oracle).max())
+def bench_one(preset: str, length: int, n: int, repeats: int = 1, seed: int = 0) -> dict:
+    """One table row: the median of ``repeats`` protocol rounds and raw rounds."""
+    params = PRESETS[preset]
+    options = {"preset": preset, "clip": 1.0}
+    if params.scheme == CKKS:
+        options["ckks_key_risk_accepted"] = True
+    proto = HEProtocol(parse_options(options))
+    codec = proto.codec(n)
+    rng = np.random.default_rng(seed)
+    xs = [rng.uniform(-1, 1, size=length) for _ in range(n)]
+    ups = dict(enumerate(xs))
+    oracle = np.sum(xs, axis=0)
+    rows = []
+    for rep in range(repeats):
+        secrets = {c: hashlib.sha256(f"{rep}/{c}".encode()).digest() for c in ups}
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = proto.aggregate(rep, ups, secrets=secrets)
+        wall = time.perf_counter() - start
+        bound = params.error_bound(n) if codec is None else codec.error_bound(n)
+        err = float(np.abs(res.total - oracle).max())
         if err > bound:
-            raise AssertionError(f"{name} sum off by {err:.3g} (bound {bound:.3g})")
-    row = {"preset": preset, "L": length, "n": n, "distinct": k,
-           "bytes_per_param": bytes_p / length, "raw_bytes_per_param": bytes_r / length,
-           "encrypt_s": enc_p.median, "raw_encrypt_s": enc_r.median,
-           "native_encrypt_s": enc_n.median,
-           "aggregate_s": n * agg_p.median, "raw_aggregate_s": n * agg_r.median,
-           "decrypt_s": dec_p.median, "raw_decrypt_s": dec_r.median}
-    agg, raw_agg = row["aggregate_s"], row["raw_aggregate_s"]
-    row["round_s"] = n * row["encrypt_s"] + agg + row["decrypt_s"]
-    row["raw_round_s"] = n * row["raw_encrypt_s"] + raw_agg + row["raw_decrypt_s"]
-    row["native_round_s"] = n * row["native_encrypt_s"] + raw_agg + row["raw_decrypt_s"]
-    row["ratio"] = row["round_s"] / row["raw_round_s"]
-    row["ratio_native"] = row["round_s"] / row["native_round_s"]
-    return row
+            raise AssertionError(f"protocol sum off by {err:.3g} (bound {bound:.3g})")
+        t = res.timings
+        row = {"round_s": wall, "open_s": t["key_holder_open"],
+               "encrypt_s": t["client_encrypt"] / n, "check_s": t["server_check"],
+               "verify_s": t["key_holder_verify"], "decrypt_s": t["key_holder_decrypt"],
+               "bytes_up": res.bytes_up, "bytes_down": res.bytes_down,
+               "round_keys_bytes": res.round_keys_bytes}
+        row.update(_raw_round(params, codec, xs))
+        rows.append(row)
+    opening = decode_opening(params, proto.key_holder.open_round(length, room=n, clip=1.0),
+                             client_id=None, stage="bench")
+    loads = []
+    for _ in range(3):  # what each client pays per round to load the rotated public key
+        start = time.perf_counter()
+        PublicContext(opening.public, params)
+        loads.append(time.perf_counter() - start)
+    out = {"preset": preset, "L": length, "n": n, "repeats": repeats,
+           "context_load_s": min(loads)}
+    for key in rows[0]:
+        out[key] = statistics.median(r[key] for r in rows)
+    out["bytes_per_param"] = (out["bytes_up"] / n) / length
+    out["ratio"] = out["round_s"] / out["raw_round_s"]
+    return out
 
 
 def precision(trials: int) -> None:
@@ -209,8 +126,7 @@ def precision(trials: int) -> None:
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for p in (p for p in PRESETS.values() if p.scheme == CKKS):
-        proto = HEProtocol(parse_options({"preset": p.name}))
-        ctx = proto.key_holder._context
+        ctx = _new_context(p)
         native = native_vector_type(p)
         fresh, vecs, xs = 0.0, [], []
         for _ in tqdm(range(trials), desc=p.name, leave=False):
@@ -262,15 +178,12 @@ def precision(trials: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["ckks-8192", "ckks-4096", "bfv-4096"],
+    parser.add_argument("--presets", nargs="+", default=["bfv-4096", "ckks-4096", "ckks-8192"],
                         choices=sorted(PRESETS))
-    parser.add_argument("--lengths", nargs="+", type=float, default=[1e4, 1e5, 1e6])
-    parser.add_argument("--clients", nargs="+", type=int, default=[10, 100])
-    parser.add_argument("--distinct", type=int, default=10,
-                        help="clients that really encrypt; the others send pair sums")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="encryptions per client and path, keeping the fastest (use 3 on a "
-                             "busy machine)")
+    parser.add_argument("--lengths", nargs="+", type=float, default=[1e4, 1e5])
+    parser.add_argument("--clients", nargs="+", type=int, default=[10])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds per row (protocol and raw); the median is reported")
     parser.add_argument("--precision", action="store_true",
                         help="measure CKKS error and BFV noise budget instead")
     parser.add_argument("--trials", type=int, default=200, help="fresh encryptions (--precision)")
@@ -282,22 +195,24 @@ def main() -> None:
     rows = []
     for preset, length, n in itertools.product(args.presets, args.lengths, args.clients):
         before = os.getloadavg()[0]
-        row = bench_one(preset, int(length), n, args.distinct, args.repeats)
+        row = bench_one(preset, int(length), n, args.repeats)
         row["load"] = (before, os.getloadavg()[0])
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| preset | L | n | bytes/param | raw bytes/param | encrypt s/client (raw) | "
-          "aggregate s (raw) | decrypt s (raw) | round s (raw) | overhead | vs native raw | "
-          "load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | L | n | bytes/param up | round keys KB/client | key rotation s | "
+          "key load s/client | encrypt s/client (raw) | server check s | key holder verify+sum s (raw sum) | "
+          "decrypt s (raw) | round s (raw) | overhead | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['L']:.0e} | {r['n']} | {r['bytes_per_param']:.1f} | "
-              f"{r['raw_bytes_per_param']:.1f} | {r['encrypt_s']:.3f} ({r['raw_encrypt_s']:.3f}) | "
-              f"{r['aggregate_s']:.2f} ({r['raw_aggregate_s']:.2f}) | "
+              f"{r['round_keys_bytes'] / 1e3:.0f} | {r['open_s']:.3f} | "
+              f"{r['context_load_s']:.3f} | "
+              f"{r['encrypt_s']:.3f} ({r['raw_encrypt_s']:.3f}) | {r['check_s']:.3f} | "
+              f"{r['verify_s']:.3f} ({r['raw_aggregate_s']:.3f}) | "
               f"{r['decrypt_s']:.3f} ({r['raw_decrypt_s']:.3f}) | "
-              f"{r['round_s']:.2f} ({r['raw_round_s']:.2f}) | {r['ratio']:.3f} | "
-              f"{r['ratio_native']:.3f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+              f"{r['round_s']:.2f} ({r['raw_round_s']:.2f}) | {r['ratio']:.2f} | "
+              f"{r['load'][0]:.1f}-{r['load'][1]:.1f} |")
 
 
 if __name__ == "__main__":

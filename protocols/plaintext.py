@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -54,25 +55,40 @@ def decode_update(payload: bytes, *, round_id: int, client_id: int, length: int)
     return vec
 
 
+_OPTIONS = ("min_clients",)
+
+
+def _min_clients(value: Any) -> int:
+    """``min_clients`` as SecAgg+ checks it: an int >= 1, never a bool, float or string."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"protocol.options.min_clients must be an integer >= 1, got {value!r}")
+    return value
+
+
 class PlaintextProtocol(AggregationProtocol):
-    """No protection: the server sees each update. The reference for all other protocols."""
+    """No protection: the server sees each update. The reference for all other protocols.
+
+    Capabilities: it reveals every update, so per-client noise shares protect nothing
+    (``supports_distributed_noise`` is false); ``min_clients`` aborts a round below it.
+    """
 
     name = "plaintext"
     stages = ("update",)
     reveals_individual_updates = True
+    supports_distributed_noise = False
 
     def __init__(self, min_clients: int = 1) -> None:
-        if min_clients < 1:
-            raise ValueError("min_clients must be >= 1")
-        self.min_clients = min_clients
+        self.min_clients = _min_clients(min_clients)
 
     @classmethod
-    def from_options(cls, options):
+    def from_options(cls, options: Mapping[str, Any]) -> PlaintextProtocol:
+        """Only ``min_clients``; unknown keys are refused with their name."""
         options = dict(options)
-        min_clients = int(options.pop("min_clients", 1))
-        if options:
-            raise ValueError(f"protocol 'plaintext' takes no option {sorted(options)[0]!r}")
-        return cls(min_clients=min_clients)
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise ValueError(f"protocol 'plaintext' takes no option {unknown[0]!r}; options: "
+                             f"{list(_OPTIONS)}")
+        return cls(min_clients=options.get("min_clients", 1))
 
     def aggregate(
         self,

@@ -1,9 +1,11 @@
 """Homomorphic aggregation with TenSEAL: CKKS for float sums, BFV for exact fixed-point sums.
 
-Modules: :mod:`~protocols.he.params` (presets, options) and :mod:`~protocols.he.wire` (the
-versioned frame) import without TenSEAL; :mod:`~protocols.he.codec` (chunking, ciphertext
-checks), :mod:`~protocols.he.keys` (key holder, public context), :mod:`~protocols.he.parties`
-(client and server roles) and :mod:`~protocols.he.protocol` load it. The names below are
+Modules: :mod:`~protocols.he.params` (presets, options), :mod:`~protocols.he.wire` (the
+versioned frame), :mod:`~protocols.he.crypto` (receipts, signed openings, rounding stream) and
+:mod:`~protocols.he.errors` import without TenSEAL; :mod:`~protocols.he.codec` (chunking,
+ciphertext checks), :mod:`~protocols.he.keys` (key holder, public context),
+:mod:`~protocols.he.parties` (client and server roles) and :mod:`~protocols.he.protocol` load
+it. The names below are
 resolved lazily, so ``import protocols.he.params`` stays light.
 """
 
@@ -23,6 +25,8 @@ _EXPORTS = {
     "HEClient": "protocols.he.parties",
     "HEServer": "protocols.he.parties",
     "HEProtocol": "protocols.he.protocol",
+    "HEResult": "protocols.he.protocol",
+    "UnverifiedContribution": "protocols.he.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -121,7 +121,7 @@ PRESETS: dict[str, HEParams] = {
 #: key recovery (Li and Micciancio, Eurocrypt 2021; see docs/he.md).
 DEFAULT_PRESET = {CKKS: "ckks-8192", BFV: "bfv-4096"}
 
-#: Default per-coordinate clipping bound of the BFV fixed-point codec.
+#: Default per-coordinate clipping bound (both schemes).
 DEFAULT_CLIP = 1.0
 
 
@@ -132,20 +132,40 @@ class HEOptions:
     Attributes:
         params: the encryption preset.
         min_clients: fewest valid contributions for a round to complete (and the fewest the
-            key holder agrees to decrypt).
-        clip: BFV only: every coordinate is clipped to ``[-clip, clip]`` before fixed-point
-            encoding. With user-level DP, at least the clipping norm plus the noise range.
-        max_clients: BFV only: summands the fixed-point codec leaves room for; ``None`` means
-            the number of clients sampled in the round (the finest precision that cannot wrap).
+            key holder agrees to decrypt; clients refuse a round opened for fewer).
+        clip: every coordinate is clipped to ``[-clip, clip]`` before encryption (BFV: before
+            fixed-point encoding) and the clipped coordinates are counted. With user-level DP,
+            at least the clipping norm plus the noise range.
+        max_clients: summands the encoding leaves room for (BFV: the fixed-point range; CKKS:
+            ``max_clients * clip`` must stay in the preset's exact range); ``None`` means the
+            number of clients sampled in the round.
+        ckks_key_risk_accepted: CKKS only, required: the run accepts that the server, which
+            sees each round's decrypted CKKS sum, can recover that round's secret key
+            passively (Li and Micciancio, Eurocrypt 2021) and decrypt that round's updates.
     """
 
     params: HEParams
     min_clients: int = 1
     clip: float = DEFAULT_CLIP
     max_clients: int | None = None
+    ckks_key_risk_accepted: bool = False
 
 
-_KEYS = ("scheme", "preset", "min_clients", "clip", "max_clients")
+_KEYS = ("scheme", "preset", "min_clients", "clip", "max_clients", "ckks_key_risk_accepted")
+_PREFIX = "protocol.options."
+
+#: The option a CKKS run must set to ``true``.
+CKKS_OPT_IN = "ckks_key_risk_accepted"
+
+
+def _error(key: str, problem: str) -> ValueError:
+    return ValueError(f"{_PREFIX}{key} {problem}")
+
+
+def _str(key: str, value: Any, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _error(key, f"must be one of {sorted(choices)}, got {value!r}")
+    return value
 
 
 def parse_options(options: Mapping[str, Any]) -> HEOptions:
@@ -156,12 +176,11 @@ def parse_options(options: Mapping[str, Any]) -> HEOptions:
         raise ValueError(f"protocol 'he' takes no option {unknown[0]!r}; options: {list(_KEYS)}")
     scheme = options.get("scheme")
     preset = options.get("preset")
-    if scheme is not None and scheme not in SCHEMES:
-        raise ValueError(f"protocol.options.scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    if scheme is not None:
+        scheme = _str("scheme", scheme, SCHEMES)
     if preset is None:
         preset = DEFAULT_PRESET[scheme or BFV]
-    if preset not in PRESETS:
-        raise ValueError(f"protocol.options.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    preset = _str("preset", preset, PRESETS)
     params = PRESETS[preset]
     if scheme is not None and params.scheme != scheme:
         raise ValueError(f"protocol.options.preset {preset!r} is a {params.scheme} preset, "
@@ -170,30 +189,42 @@ def parse_options(options: Mapping[str, Any]) -> HEOptions:
     if min_clients > params.max_summands:
         raise ValueError(f"protocol.options.min_clients = {min_clients} exceeds the "
                          f"{params.max_summands} summands preset {preset!r} supports")
-    clip = options.get("clip")
-    max_clients = options.get("max_clients")
-    if params.scheme == CKKS:
-        for key, value in (("clip", clip), ("max_clients", max_clients)):
-            if value is not None:
-                raise ValueError(f"protocol.options.{key} applies to BFV only (CKKS encodes "
-                                 "floats without clipping); remove it or choose scheme = 'bfv'")
-        return HEOptions(params, min_clients)
-    if clip is None:
-        clip = DEFAULT_CLIP
+    accepted = options.get(CKKS_OPT_IN, False)
+    if not isinstance(accepted, bool):
+        raise _error(CKKS_OPT_IN, f"must be true or false, got {accepted!r}")
+    if params.scheme == CKKS and not accepted:
+        raise ValueError(f"protocol.options.{CKKS_OPT_IN} = true is required for CKKS: the "
+                         "server sees each round's decrypted CKKS sum and can recover that "
+                         "round's secret key from it (Li and Micciancio, Eurocrypt 2021), then "
+                         "decrypt that round's individual updates; use scheme = 'bfv' unless "
+                         "this risk is accepted")
+    if params.scheme != CKKS and accepted:
+        raise _error(CKKS_OPT_IN, "applies to CKKS only; remove it for BFV")
+    clip = options.get("clip", DEFAULT_CLIP)
     if isinstance(clip, bool) or not isinstance(clip, int | float) or not (
             math.isfinite(clip) and clip > 0):
-        raise ValueError(f"protocol.options.clip must be a positive number, got {clip!r}")
+        raise ValueError(f"protocol.options.clip must be a positive finite number, got {clip!r}")
+    clip = float(clip)
+    max_clients = options.get("max_clients")
     if max_clients is not None:
         max_clients = _int("max_clients", max_clients, low=min_clients)
         if max_clients > params.max_summands:
             raise ValueError(f"protocol.options.max_clients = {max_clients} exceeds the "
                              f"{params.max_summands} summands preset {preset!r} supports")
-        check_precision(params, float(clip), max_clients)
-    return HEOptions(params, min_clients, float(clip), max_clients)
+        check_precision(params, clip, max_clients)
+    return HEOptions(params, min_clients, clip, max_clients, accepted)
 
 
 def check_precision(params: HEParams, clip: float, max_clients: int) -> None:
-    """Refuse a BFV codec with less than one fixed-point step per unit."""
+    """Refuse a BFV codec with less than one fixed-point step per unit, and a CKKS range
+    (``max_clients * clip``) beyond what the preset decrypts within its error bound."""
+    if params.scheme == CKKS:
+        if max_clients * clip > params.max_abs_sum:
+            raise ValueError(f"protocol.options.clip = {clip} with {max_clients} clients can "
+                             f"reach {max_clients * clip:.3g}, beyond the "
+                             f"{params.max_abs_sum:.3g} preset {params.name!r} decrypts "
+                             "correctly: lower clip or choose another preset")
+        return
     half = params.plain_modulus // 2 - 1 - max_clients
     if half < max_clients * clip:
         raise ValueError(f"preset {params.name!r} (plain modulus {params.plain_modulus}) leaves "
@@ -202,6 +233,7 @@ def check_precision(params: HEParams, clip: float, max_clients: int) -> None:
 
 
 def _int(key: str, value: Any, *, low: int) -> int:
+    """An integer option: bools, floats (even 2.0), strings, lists are refused."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"protocol.options.{key} must be an integer >= {low}, got {value!r}")
     return value

@@ -1,26 +1,33 @@
-"""``he``: clients encrypt, the server adds ciphertexts, only the key holder decrypts the sum.
+"""``he``: clients encrypt, the server checks and relays, the key holder decrypts one sum.
 
 One round, every message through the :class:`~protocols.channel.Channel` as bytes:
 
-1. ``encrypted_update`` (client -> server): each client encrypts its update under the public
-   key: CKKS encodes the floats, BFV first maps them to fixed-point residues modulo the plain
-   modulus with :class:`~protocols.quantize.FixedPointCodec`. The server checks each message
-   (frame, checksums, duplicates, ciphertext shape) and adds the valid ones in place.
-2. ``aggregate`` (server -> key holder, party :data:`~protocols.he.keys.KEY_HOLDER`): the
-   encrypted sum and its contributor list.
-3. ``decrypted_sum`` (key holder -> server): the plaintext sum, decoded by the server.
+1. ``round_keys`` (key holder -> each client, through the server): the key holder opens its
+   next round under a fresh key pair and signs the opening (public context, length, clip,
+   room, ``min_clients``). A client checks the signature and the parameters against its own.
+2. ``receipt`` (client -> key holder, directly): the SHA-256 digest of the client's encrypted
+   update, authenticated with HMAC-SHA256 under the key registered at enrolment.
+3. ``encrypted_update`` (client -> server): the update, clipped (BFV: mapped to fixed-point
+   residues with :class:`~protocols.quantize.FixedPointCodec`, rounding keyed from the
+   client's secret), encrypted under the round's key; the receipt also carries the client's
+   clipped-coordinate count (the server learns only the round's total).
+   The server checks it completely and forwards it (``forwarded_update``) to the key holder,
+   which adds it to its own sum only if a receipt of that client names exactly these bytes.
+4. ``aggregate`` (server -> key holder): the request to decrypt; the key holder decrypts its
+   own verified sum once, if it covers at least ``min_clients`` distinct clients, and drops the
+   round's secret key. ``decrypted_sum`` (key holder -> server): the plaintext sum.
 
-A client whose message is bad is excluded (typed error in ``rejected``) and the round goes on if
-``min_clients`` valid updates remain; otherwise, or if the key holder cannot be reached or
+A client whose message is bad is excluded (typed error in ``rejected``) and the round goes on
+if ``min_clients`` valid updates remain; otherwise, or if the key holder cannot be reached or
 refuses, the round aborts with :class:`~protocols.errors.TooFewClients` and reveals nothing.
-The public context is distributed once at set-up (like a certificate), not per round; its size
-is :attr:`HEProtocol.public_context_size`.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,22 +36,47 @@ from protocols.base import AggregateResult, AggregationProtocol, check_updates
 from protocols.channel import Channel
 from protocols.errors import ProtocolError, TooFewClients
 from protocols.he.keys import KEY_HOLDER, KeyHolder, PublicContext
-from protocols.he.params import CKKS, HEOptions, HEParams, check_precision, parse_options
-from protocols.he.parties import HEClient, HEServer
+from protocols.he.params import BFV, CKKS, HEOptions, HEParams, check_precision, parse_options
+from protocols.he.parties import ROUND_KEYS, HEClient, HEServer
 from protocols.quantize import FixedPointCodec
+
+RECEIPT = "receipt"
+UPLOAD = "encrypted_update"
+ANSWER = "decrypted_sum"
+
+
+@dataclass(frozen=True)
+class HEResult(AggregateResult):
+    """:class:`AggregateResult` plus what the HE round reports.
+
+    Attributes:
+        clipped: coordinates clipped before encryption, summed over the contributors (each
+            client's count travels in its authenticated receipt to the key holder, which
+            returns only the total with the sum).
+        round_keys_bytes: size of the round's public context, sent to every client.
+        timings: seconds: ``key_holder_open`` (key generation and signature),
+            ``client_encrypt`` (summed over clients), ``server_check``, ``key_holder_verify``
+            (receipts, digests, ciphertext checks and additions), ``key_holder_decrypt``.
+        client_errors: problems clients found in what they were sent (they did not upload).
+    """
+
+    clipped: int = 0
+    round_keys_bytes: int = 0
+    timings: Mapping[str, float] = field(default_factory=dict)
+    client_errors: Mapping[int, ProtocolError] = field(default_factory=dict)
 
 
 class HEProtocol(AggregationProtocol):
-    """Homomorphic aggregation with TenSEAL (CKKS or BFV) and a separate key holder.
+    """Homomorphic aggregation with TenSEAL (BFV by default, CKKS by opt-in) and a key holder.
 
     The protocol object simulates all parties in one process, but each holds only its own
-    material: :attr:`client` and :attr:`server` a public context loaded from bytes,
-    :attr:`key_holder` the secret key. Pass a ``key_holder`` restored from its secret bytes to
-    reuse keys; by default fresh keys are generated.
+    material: :attr:`clients` their receipt keys and a round's public context, :attr:`server`
+    a public context, :attr:`key_holder` the round's secret key. Clients are enrolled with the
+    key holder the first time they appear.
     """
 
     name = "he"
-    stages = ("encrypted_update", "decrypted_sum")
+    stages = (RECEIPT, UPLOAD, ANSWER)
     reveals_individual_updates = False
     supports_distributed_noise = True
 
@@ -59,34 +91,68 @@ class HEProtocol(AggregationProtocol):
             raise ValueError(f"key holder uses preset {key_holder.params.name!r}, the protocol "
                              f"{params.name!r}")
         self.key_holder = key_holder
-        public = key_holder.public_context_bytes()
-        self.public_context_size = len(public)
-        self.client = HEClient(PublicContext(public, params))
-        self.server = HEServer(PublicContext(public, params))
+        self.server = HEServer(params)
+        self.clients: dict[int, HEClient] = {}
         self.progress = progress
+        self.min_clients = options.min_clients
+        self.value_range = options.clip
+        # CKKS: the server can recover each round's key from the decrypted sum, so
+        # per-client noise shares would not hide individual updates from it
+        self.supports_distributed_noise = params.scheme == BFV
 
     @classmethod
     def from_options(cls, options: Mapping) -> HEProtocol:
-        """``scheme``, ``preset``, ``min_clients``; BFV also ``clip``, ``max_clients``."""
+        """``scheme``, ``preset``, ``min_clients``, ``clip``, ``max_clients``, and for CKKS
+        the required ``ckks_key_risk_accepted = true``."""
         return cls(parse_options(options))
 
     @property
     def params(self) -> HEParams:
         return self.options.params
 
+    @property
+    def public(self) -> PublicContext | None:
+        """The current round's public context (``None`` before the first round)."""
+        return self.server.public
+
+    @property
+    def public_context_size(self) -> int | None:
+        """Bytes of a round's public context, sent to every client every round."""
+        return None if self.server.public is None else self.server.public.size
+
     def describe(self) -> str:
-        p = self.params
-        return (f"he ({p.name}, {p.scheme.upper()}; a separate key holder decrypts only the "
-                "sum): the server learns only the sum of the sampled clients' shared updates")
+        p, o = self.params, self.options
+        head = (f"he ({p.name}, {p.scheme.upper()}, clip {o.clip}; keys rotate every round; "
+                f"the key holder decrypts one sum per round, of at least {o.min_clients} "
+                "authenticated client ciphertexts, and sees the individual ciphertexts)")
+        if p.scheme == CKKS:
+            return (head + ": CKKS exposes each round's secret key to the server, which sees "
+                    "the decrypted sum (Li-Micciancio passive key recovery), and with it that "
+                    "round's individual updates (ckks_key_risk_accepted)")
+        return head + ": the server learns only the sum of the sampled clients' shared updates"
+
+    def room(self, n_clients: int) -> int:
+        """Summands the round's encoding leaves room for: ``max_clients`` or the sample."""
+        room = self.options.max_clients or n_clients
+        check_precision(self.params, self.options.clip, room)
+        return room
 
     def codec(self, n_clients: int) -> FixedPointCodec | None:
         """BFV: the round's fixed-point codec (room for ``max_clients`` or ``n_clients``)."""
+        room = self.room(n_clients)
         if self.params.scheme == CKKS:
             return None
-        room = self.options.max_clients or n_clients
-        check_precision(self.params, self.options.clip, room)
         return FixedPointCodec(clip=self.options.clip, max_clients=room,
                                modulus=self.params.plain_modulus)
+
+    def client(self, client_id: int) -> HEClient:
+        """Client ``client_id``, enrolled with the key holder on first use."""
+        client = self.clients.get(client_id)
+        if client is None:
+            key = self.key_holder.enroll(client_id)
+            client = HEClient(client_id, key, self.key_holder.identity, self.options)
+            self.clients[client_id] = client
+        return client
 
     def _check_round(self, updates: Mapping[int, np.ndarray]) -> tuple[list[int], int]:
         ids, length = check_updates(updates)
@@ -101,17 +167,14 @@ class HEProtocol(AggregationProtocol):
                              f"{params.name!r} supports")
         if self.options.max_clients is not None and n > self.options.max_clients:
             raise ValueError(f"{n} clients exceed protocol.options.max_clients = "
-                             f"{self.options.max_clients}: their fixed-point sum could wrap")
+                             f"{self.options.max_clients}: their sum could leave the encoding's "
+                             "range")
         for cid in ids:
             peak = float(np.max(np.abs(updates[cid])))
-            if params.scheme == CKKS and peak * n > params.max_abs_sum:
-                raise ValueError(f"client {cid}: |update| reaches {peak:.3g}; {n} such values "
-                                 f"could exceed the {params.max_abs_sum:.3g} that "
-                                 f"{params.name!r} decrypts correctly")
-            if params.scheme != CKKS and peak > self.options.clip:
+            if peak > self.options.clip:
                 warnings.warn(f"client {cid}: update coordinates up to {peak:.3g} are clipped "
-                              f"to clip = {self.options.clip} before BFV encoding",
-                              RuntimeWarning, stacklevel=3)
+                              f"to clip = {self.options.clip} before {params.scheme.upper()} "
+                              "encryption", RuntimeWarning, stacklevel=3)
         return ids, length
 
     def aggregate(
@@ -122,37 +185,90 @@ class HEProtocol(AggregationProtocol):
         channel: Channel | None = None,
         seed: int = 0,
         secrets: Mapping[int, bytes] | None = None,
-    ) -> AggregateResult:
+    ) -> HEResult:
+        """One round; ``seed`` is unused (nothing here may depend on public values alone)."""
         channel = channel or Channel()
         ids, length = self._check_round(updates)
-        codec = self.codec(len(ids))
-        scale = codec.scale if codec is not None else self.params.scale
-        upload, answer = self.stages
-        round_sum = self.server.open_round(round_id, length, scale, stage=upload)
+        if secrets is not None:
+            for cid in ids:
+                if cid not in secrets:
+                    raise ValueError(f"client {cid}: no secret given for this round")
+                if not isinstance(secrets[cid], bytes) or len(secrets[cid]) != 32:
+                    raise ValueError(f"client {cid}: the round secret must be 32 bytes")
+        if len(ids) < self.options.min_clients:
+            raise TooFewClients(f"{len(ids)} clients sampled, at least "
+                                f"{self.options.min_clients} required", stage=UPLOAD)
+        holder, room = self.key_holder, self.room(len(ids))
+        clients = {cid: self.client(cid) for cid in ids}
+        timings = dict.fromkeys(("key_holder_open", "client_encrypt", "server_check",
+                                 "key_holder_verify", "key_holder_decrypt"), 0.0)
+        start = time.perf_counter()
+        opening = holder.open_round(length, room=room, clip=self.options.clip)
+        timings["key_holder_open"] = time.perf_counter() - start
+        inbox = self.server.open_round(opening, stage=UPLOAD)
         rejected: dict[int, ProtocolError] = {}
+        client_errors: dict[int, ProtocolError] = {}
         dropped: list[int] = []
         for cid in tqdm(ids, desc=f"he round {round_id}", disable=not self.progress,
                         leave=False):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, round_id, cid]))
-            message = self.client.encrypt_update(round_id, cid, updates[cid], codec=codec,
-                                                 rng=rng)
-            payload = channel.upload(upload, cid, message)
+            got = channel.download(ROUND_KEYS, cid, opening)
+            if got is None:
+                dropped.append(cid)
+                continue
+            start = time.perf_counter()
+            try:
+                message, receipt = clients[cid].encrypt_update(
+                    got, updates[cid], round_id=round_id,
+                    secret=None if secrets is None else secrets[cid])
+            except ProtocolError as err:
+                client_errors[cid] = err
+                dropped.append(cid)
+                continue
+            finally:
+                timings["client_encrypt"] += time.perf_counter() - start
+            sent_receipt = channel.upload(RECEIPT, cid, receipt)
+            payload = channel.upload(UPLOAD, cid, message)
             del message
-            if payload is None:
+            if sent_receipt is None or payload is None:
                 dropped.append(cid)
                 continue
             try:
-                round_sum.add(cid, payload)
+                start = time.perf_counter()
+                try:
+                    holder.receive_receipt(cid, sent_receipt, stage=RECEIPT)
+                finally:
+                    timings["key_holder_verify"] += time.perf_counter() - start
+                start = time.perf_counter()
+                try:
+                    keys = inbox.check(cid, payload)
+                finally:
+                    timings["server_check"] += time.perf_counter() - start
+                forwarded = channel.download("forwarded_update", KEY_HOLDER, payload)
+                if forwarded is None:
+                    raise TooFewClients("the key holder is unreachable: the round aborts",
+                                        stage=UPLOAD)
+                start = time.perf_counter()
+                try:
+                    holder.receive_update(cid, forwarded, stage=UPLOAD)
+                finally:
+                    timings["key_holder_verify"] += time.perf_counter() - start
+            except TooFewClients:
+                raise
             except ProtocolError as err:
                 rejected[cid] = err
-        contributors = tuple(sorted(round_sum.contributors))
+                continue
+            inbox.accept(cid, keys)
+        contributors = tuple(sorted(inbox.contributors))
         if len(contributors) < self.options.min_clients:
             raise TooFewClients(f"{len(contributors)} valid encrypted updates, at least "
-                                f"{self.options.min_clients} required", stage=upload)
-        total = self._decrypt(round_sum, channel, round_id, answer)
+                                f"{self.options.min_clients} required", stage=UPLOAD)
+        start = time.perf_counter()
+        total, count = self._decrypt(inbox, channel, ANSWER)
+        timings["key_holder_decrypt"] = time.perf_counter() - start
+        codec = self.codec(len(ids))
         if codec is not None:
             total = codec.decode_sum(total)
-        return AggregateResult(
+        return HEResult(
             total=np.asarray(total, dtype=np.float64),
             contributors=contributors,
             dropped=tuple(dropped),
@@ -160,15 +276,19 @@ class HEProtocol(AggregationProtocol):
             individual=None,
             bytes_up=channel.bytes_up,
             bytes_down=channel.bytes_down,
+            clipped=count,
+            round_keys_bytes=inbox.public.size,
+            timings=timings,
+            client_errors=client_errors,
         )
 
-    def _decrypt(self, round_sum, channel: Channel, round_id: int, stage: str) -> np.ndarray:
+    def _decrypt(self, inbox, channel: Channel, stage: str) -> tuple[np.ndarray, int]:
         """The key holder hop; any failure aborts the round (nothing is revealed)."""
-        sent = channel.download("aggregate", KEY_HOLDER, round_sum.aggregate_message())
+        sent = channel.download("aggregate", KEY_HOLDER, inbox.aggregate_message())
         if sent is None:
             raise TooFewClients("the key holder is unreachable: the round aborts", stage=stage)
         try:
-            answer = self.key_holder.decrypt_aggregate(sent, round_id=round_id)
+            answer = self.key_holder.decrypt_aggregate(sent)
         except ProtocolError as err:
             raise TooFewClients(f"the key holder refused the aggregate: {err}",
                                 stage=stage) from err
@@ -176,6 +296,7 @@ class HEProtocol(AggregationProtocol):
         if back is None:
             raise TooFewClients("the key holder's answer was lost: the round aborts", stage=stage)
         try:
-            return round_sum.read_sum(back, stage=stage)
+            values, count = inbox.read_sum(back, stage=stage)
         except ProtocolError as err:
             raise TooFewClients(f"the decrypted sum is unusable: {err}", stage=stage) from err
+        return values, count

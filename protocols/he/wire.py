@@ -6,14 +6,19 @@ Layout (little-endian)::
              party i64 | length u64 | chunks u32 | scale f64 | context fingerprint 16 bytes |
              header CRC-32 u32
     table    per chunk: byte length u32, CRC-32 u32
-    extra    aggregate only: the contributors' ids, i64 each (``party`` holds their count)
-    bodies   the chunks: one serialized TenSEAL vector each (a float64/int64 array for a sum)
+    extra    aggregate request and decrypted sum: the contributors' ids, i64 each (``party``
+             holds their count)
+    bodies   the chunks
 
-``party`` is the sender's client id in an update and the contributor count in an aggregate or a
-decrypted sum. The header CRC covers header, table and extra; each chunk has its own CRC. CRCs
-catch corruption in transit (a flipped bit in a ciphertext otherwise decrypts to garbage
-without any parse error), not a deliberate forger: the channel itself must be authenticated
-(TLS) against an active attacker.
+Kinds: ``UPDATE`` (client -> server -> key holder: one client's ciphertext chunks),
+``RECEIPT`` (client -> key holder: the update's SHA-256 digest and its HMAC tag), ``OPENING``
+(key holder -> clients: the round's public context, parameters and Ed25519 signature),
+``AGGREGATE`` (server -> key holder: the request to decrypt the round, with the contributor
+list; no chunks) and ``SUM`` (key holder -> server: the decrypted sum). ``round`` is always the
+key holder's round number. ``party`` is the sender's client id in an update or receipt and
+the contributor count in an aggregate request or a sum. The header CRC covers header, table
+and extra; each chunk has its own CRC. CRCs catch corruption in transit; authenticity comes
+from the receipts and the signed openings (see :mod:`protocols.he.crypto`).
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ from protocols.errors import (
 )
 
 MAGIC = b"FFHE"
-VERSION = 1
+VERSION = 2
 
 UPDATE = 1  # client -> server: one client's encrypted update
-AGGREGATE = 2  # server -> key holder: the encrypted sum and who is in it
+AGGREGATE = 2  # server -> key holder: decrypt this round's sum of these contributors
 SUM = 3  # key holder -> server: the decrypted sum
-_KIND_NAMES = {UPDATE: "an encrypted update", AGGREGATE: "an encrypted aggregate",
-               SUM: "a decrypted sum"}
+OPENING = 4  # key holder -> clients (through the server): the round's signed public context
+RECEIPT = 5  # client -> key holder: digest of the client's update, authenticated
+_KIND_NAMES = {UPDATE: "an encrypted update", AGGREGATE: "an aggregate request",
+               SUM: "a decrypted sum", OPENING: "a round opening", RECEIPT: "a receipt"}
+_WITH_CONTRIBUTORS = (AGGREGATE, SUM)
 
 SCHEME_CODES = {"ckks": 1, "bfv": 2}
 _SCHEME_NAMES = {v: k for k, v in SCHEME_CODES.items()}
@@ -133,7 +141,7 @@ def decode(payload: bytes, expect: Expect, *, client_id: int | None, stage: str)
     if kind != expect.kind:
         raise MalformedMessage(f"expected {_KIND_NAMES[expect.kind]}, got message kind {kind}",
                                **where)
-    n_extra = party if kind == AGGREGATE else 0
+    n_extra = party if kind in _WITH_CONTRIBUTORS else 0
     if n_extra < 0:
         raise MalformedMessage(f"negative contributor count {n_extra}", **where)
     table_end = HEADER_SIZE + _ENTRY.size * n_chunks
@@ -160,7 +168,7 @@ def decode(payload: bytes, expect: Expect, *, client_id: int | None, stage: str)
     if rnd != expect.round_id:
         raise WrongRound(f"message is for round {rnd}, not {expect.round_id}", **where)
     if expect.party is not None and party != expect.party:
-        if kind == UPDATE:
+        if kind in (UPDATE, RECEIPT):
             raise MalformedMessage(f"message claims to be from client {party}", **where)
         raise MalformedMessage(f"message covers {party} contributors, expected {expect.party}",
                                **where)

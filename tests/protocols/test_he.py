@@ -4,6 +4,7 @@ Vectors stay small (a few ciphertexts) so the file runs in seconds.
 """
 
 import dataclasses
+import hashlib
 import subprocess
 import sys
 
@@ -26,16 +27,17 @@ from protocols.he import (
     KEY_HOLDER,
     PRESETS,
     HEProtocol,
-    KeyHolder,
     PublicContext,
     parse_options,
     wire,
 )
 from protocols.he.codec import encode_fixed_point, encrypt_chunks, fixed_point
-from protocols.he.parties import HEClient, HEServer
+from protocols.he.crypto import KeystreamUniform, rounding_key
+from protocols.he.keys import decode_opening
 from protocols.quantize import FixedPointCodec
 
 STAGE = "encrypted_update"
+CKKS = {"ckks_key_risk_accepted": True}
 
 
 def _updates(n, length, seed=0, scale=1.0):
@@ -43,13 +45,22 @@ def _updates(n, length, seed=0, scale=1.0):
     return {cid: rng.uniform(-scale, scale, size=length) for cid in range(n)}
 
 
-def _fixed_point_oracle(proto, updates, round_id, seed):
+def _secrets(ids, tag=0):
+    """Per-client 32-byte round secrets (what the caller derives from each client's own)."""
+    return {cid: hashlib.sha256(f"{tag}/{cid}".encode()).digest() for cid in ids}
+
+
+def _rounding(secrets, round_id, cid):
+    return KeystreamUniform(rounding_key(secrets[cid], round_id))
+
+
+def _fixed_point_oracle(proto, updates, round_id, secrets):
     """The exact BFV result, computed with Python integers from the codec's own residues."""
     codec = proto.codec(len(updates))
     t = proto.params.plain_modulus
     total = [0] * len(next(iter(updates.values())))
     for cid in sorted(updates):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, round_id, cid]))
+        rng = _rounding(secrets, round_id, cid)
         for i, r in enumerate(codec.encode(updates[cid], rng).tolist()):
             total[i] = (total[i] + int(r)) % t
     centred = [r - t if r > t // 2 else r for r in total]
@@ -58,7 +69,7 @@ def _fixed_point_oracle(proto, updates, round_id, seed):
 
 @pytest.fixture(scope="module")
 def ckks():
-    return create("he", {"preset": "ckks-8192", "min_clients": 2})
+    return create("he", {"preset": "ckks-8192", "min_clients": 2, **CKKS})
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +95,9 @@ def test_bfv_sum_is_exact_in_fixed_point(bfv, n):
     ups = _updates(n, 300, seed=100 + n)
     ups[0][:3] = [1.0, -1.0, 1.0]  # the codec's extremes must not wrap
     ups[1][:3] = [1.0, -1.0, 1.0]
-    res = bfv.aggregate(n, ups, seed=7)
-    exact, codec = _fixed_point_oracle(bfv, ups, n, seed=7)
+    secrets = _secrets(ups, 7)
+    res = bfv.aggregate(n, ups, secrets=secrets)
+    exact, codec = _fixed_point_oracle(bfv, ups, n, secrets)
     np.testing.assert_array_equal(res.total, exact)
     expected = np.sum([ups[c] for c in sorted(ups)], axis=0)
     assert np.abs(res.total - expected).max() <= codec.error_bound(n)
@@ -105,18 +117,20 @@ def test_fast_fixed_point_matches_the_shared_codec(clip, n):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_multi_chunk(preset):
-    proto = create("he", {"preset": preset})
+    proto = create("he", {"preset": preset, **(CKKS if preset.startswith("ckks") else {})})
     length = int(2.5 * proto.params.slots)  # two full ciphertexts and a partial one
     ups = _updates(3, length, seed=1)
-    res = proto.aggregate(0, ups, seed=3)
+    secrets = _secrets(ups, 3)
+    res = proto.aggregate(0, ups, secrets=secrets)
     if proto.params.scheme == "ckks":
         expected = ups[0] + ups[1] + ups[2]
         assert np.abs(res.total - expected).max() <= proto.params.error_bound(3)
     else:
-        np.testing.assert_array_equal(res.total, _fixed_point_oracle(proto, ups, 0, 3)[0])
+        np.testing.assert_array_equal(res.total, _fixed_point_oracle(proto, ups, 0, secrets)[0])
+    assert res.clipped == 0
     # bytes: three ciphertexts per client, the aggregate down, the plain sum back
     assert res.bytes_up > 3 * 3 * 0.9 * len(encrypt_chunks(
-        proto.client.public.context, proto.params, np.zeros(proto.params.slots))[0])
+        proto.public.context, proto.params, np.zeros(proto.params.slots))[0])
 
 
 def test_bfv_max_clients_at_the_clip_do_not_wrap():
@@ -133,78 +147,87 @@ def test_bfv_warns_when_clipping():
     with pytest.warns(RuntimeWarning, match="client 1.*clipped"):
         res = proto.aggregate(0, {0: np.array([0.5]), 1: np.array([3.0])})
     assert res.total[0] == pytest.approx(1.5, abs=1e-6)
+    assert res.clipped == 1  # the encrypted count: the server learns only the round's total
 
 
-def test_ckks_refuses_values_beyond_its_range():
-    proto = create("he", {"preset": "ckks-4096"})
-    with pytest.raises(ValueError, match="client 1"):
-        proto.aggregate(0, {0: np.zeros(2), 1: np.array([0.0, 2.0**17])})
+def test_ckks_clips_and_counts_a_large_update_instead_of_crashing():
+    proto = create("he", {"preset": "ckks-4096", **CKKS})
+    ups = {0: np.zeros(3), 1: np.array([0.0, 2.0**17, -5.0]), 2: np.array([0.5, 2.0, 0.0])}
+    with pytest.warns(RuntimeWarning) as caught:
+        res = proto.aggregate(0, ups)
+    assert sorted(str(w.message).split(":")[0] for w in caught) == ["client 1", "client 2"]
+    np.testing.assert_allclose(res.total, [0.5, 2.0, -1.0], atol=proto.params.error_bound(3))
+    assert res.clipped == 3 and res.contributors == (0, 1, 2)
+    # a clip whose sum could leave the preset's exact range is a configuration error
+    wide = create("he", {"preset": "ckks-4096", "clip": 2.0**16, **CKKS})
+    with pytest.raises(ValueError, match="clip"):
+        wide.aggregate(0, {c: np.zeros(2) for c in range(4)})
+    with pytest.raises(ValueError, match="clip"):
+        parse_options({"preset": "ckks-4096", "clip": 2.0**16, "max_clients": 4, **CKKS})
 
 
 # -- key roles ---------------------------------------------------------------------------------
 
 def test_server_and_clients_hold_no_secret_key(ckks):
-    for ctx in (ckks.server.public.context, ckks.client.public.context):
+    holder = ckks.key_holder
+    opening = holder.open_round(4, room=2, clip=1.0)
+    inbox = ckks.server.open_round(opening, stage=STAGE)
+    client = ckks.client(0)
+    _, client_public = client.read_opening(opening)
+    for ctx in (ckks.server.public.context, client_public.context):
         assert not ctx.is_private() and not ctx.has_secret_key()
         with pytest.raises(ValueError):
             ctx.secret_key()
-    # the server's own running sum cannot be decrypted with what the server holds
-    round_sum = ckks.server.open_round(0, 4, ckks.params.scale)
-    round_sum.add(0, ckks.client.encrypt_update(0, 0, np.ones(4)))
-    with pytest.raises(ValueError, match="secret"):
-        round_sum._sum[0].decrypt()
-    # nor can a vector loaded from a client's bytes
-    chunk = wire.decode(ckks.client.encrypt_update(0, 1, np.ones(4)),
-                        dataclasses.replace(round_sum.expect, party=1),
-                        client_id=1, stage=STAGE).chunks[0]
+    # a vector loaded from a client's bytes cannot be decrypted with what the server holds
+    message, _ = client.encrypt_update(opening, np.ones(4), round_id=0)
+    chunk = wire.decode(message, dataclasses.replace(inbox.expect, party=0),
+                        client_id=0, stage=STAGE).chunks[0]
     with pytest.raises(ValueError, match="secret"):
         ts.ckks_vector_from(ckks.server.public.context, chunk).decrypt()
-    assert ckks.key_holder._context.is_private()
+    assert holder._round.context.is_private()
 
 
-def test_key_material_round_trips_as_bytes():
+def test_public_context_refuses_secret_bytes():
     params = PRESETS["bfv-4096"]
-    holder = KeyHolder.generate(params, min_contributors=2)
-    public, secret = holder.public_context_bytes(), holder.secret_context_bytes()
+    proto = create("he", {"scheme": "bfv"})
+    opening = proto.key_holder.open_round(10, room=2, clip=1.0)
+    public = decode_opening(params, opening, client_id=None, stage=STAGE).public
+    secret = proto.key_holder._round.context.serialize(save_secret_key=True)
     assert len(secret) > len(public)
+    assert PublicContext(public, params).size == len(public)
     with pytest.raises(ValueError, match="secret key"):
         PublicContext(secret, params)
-    with pytest.raises(ValueError, match="public context"):
-        KeyHolder.from_secret_bytes(public, params)
     with pytest.raises(ValueError, match="does not parse"):
         PublicContext(b"not a context", params)
-    # deployment: the key holder restarts from its secret bytes, parties from the public ones
-    restored = KeyHolder.from_secret_bytes(secret, params, min_contributors=2)
-    assert restored.fingerprint == holder.fingerprint
-    proto = HEProtocol(parse_options({"scheme": "bfv", "min_clients": 2}), key_holder=restored)
-    ups = _updates(3, 50)
-    exact, _ = _fixed_point_oracle(proto, ups, 4, 0)
-    np.testing.assert_array_equal(proto.aggregate(4, ups).total, exact)
     with pytest.raises(ValueError, match="preset"):
-        HEProtocol(parse_options({"preset": "bfv-8192"}), key_holder=restored)
+        HEProtocol(parse_options({"preset": "bfv-8192"}), key_holder=proto.key_holder)
 
 
-def test_key_holder_decrypts_only_aggregates_once_per_round(ckks):
+def test_key_holder_decrypts_only_its_verified_sum_once(ckks):
+    """The short version; tests/protocols/test_he_adversarial.py drives the attacks."""
     holder = ckks.key_holder
-    server = HEServer(ckks.server.public)
-    client = HEClient(ckks.client.public)
-    update = client.encrypt_update(20, 0, np.ones(5))
-    with pytest.raises(MalformedMessage, match="expected an encrypted aggregate"):
-        holder.decrypt_aggregate(update, round_id=20)
-    single = server.open_round(20, 5, ckks.params.scale)
-    single.add(0, update)
-    with pytest.raises(TooFewClients, match="at least 2"):
-        holder.decrypt_aggregate(single.aggregate_message(), round_id=20)
-    pair = server.open_round(21, 5, ckks.params.scale)
+    opening = holder.open_round(5, room=2, clip=1.0)
+    inbox = ckks.server.open_round(opening, stage=STAGE)
+    sent = {}
     for cid in (0, 1):
-        pair.add(cid, client.encrypt_update(21, cid, np.full(5, cid + 1.0)))
-    message = pair.aggregate_message()
-    with pytest.raises(WrongRound):
-        holder.decrypt_aggregate(message, round_id=22)
-    total = pair.read_sum(holder.decrypt_aggregate(message, round_id=21), stage="decrypted_sum")
-    np.testing.assert_allclose(total, 3.0, atol=ckks.params.error_bound(2))
+        message, receipt = ckks.client(cid).encrypt_update(opening, np.full(5, 0.25 * (cid + 1)),
+                                                           round_id=100)
+        holder.receive_receipt(cid, receipt)
+        sent[cid] = message
+    with pytest.raises(MalformedMessage, match="expected an aggregate request"):
+        holder.decrypt_aggregate(sent[0])
+    holder.receive_update(0, sent[0])
+    inbox.accept(0, inbox.check(0, sent[0]))
+    with pytest.raises(TooFewClients, match="at least 2"):
+        holder.decrypt_aggregate(inbox.aggregate_message())
+    holder.receive_update(1, sent[1])
+    inbox.accept(1, inbox.check(1, sent[1]))
+    total, count = inbox.read_sum(holder.decrypt_aggregate(inbox.aggregate_message()),
+                                  stage="decrypted_sum")
+    np.testing.assert_allclose(total, 0.75, atol=ckks.params.error_bound(2))
+    assert round(count) == 0
     with pytest.raises(ReplayedMessage, match="already decrypted"):
-        holder.decrypt_aggregate(message, round_id=21)
+        holder.decrypt_aggregate(inbox.aggregate_message())
     assert KEY_HOLDER == -1
 
 
@@ -218,13 +241,25 @@ def _flip(offset_from_end):
     return tamper
 
 
+def _reframe(proto, payload, cid, length, **changes):
+    """Client ``cid``'s update of the current round, re-framed with valid checksums."""
+    params, public = proto.params, proto.public
+    expect = wire.Expect(wire.UPDATE, params.scheme, proto.key_holder.round_id, length, None,
+                         None, public.fingerprint, cid)
+    frame = wire.decode(payload, expect, client_id=cid, stage=STAGE)
+    fields = dict(scheme=params.scheme, round_id=proto.key_holder.round_id, party=cid,
+                  length=length, scale=frame.scale, fingerprint=public.fingerprint,
+                  chunks=frame.chunks)
+    fields.update(changes)
+    return wire.encode(wire.UPDATE, **fields)
+
+
 def test_every_bad_input_kind_is_rejected_and_the_round_completes(ckks):
     rnd, length = 30, 5000  # two ciphertexts per client under ckks-8192
     ups = _updates(15, length, seed=5)  # 0 and 14 are honest
-    params, client = ckks.params, ckks.client
-    other_keys = create("he", {"preset": "ckks-8192"})  # same parameters, other key pair
-    smaller = create("he", {"preset": "ckks-4096"})
-    bfv = create("he", {"scheme": "bfv"})
+    params = ckks.params
+    smaller = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[60, 49], n_threads=1)
+    smaller.global_scale = 2.0**40
     sent = {}
 
     def record(payload):  # client 0 is honest; keep what it sent
@@ -232,40 +267,41 @@ def test_every_bad_input_kind_is_rejected_and_the_round_completes(ckks):
         return payload
 
     def framed(cid, chunks):
-        """A well-formed frame (valid checksums, our fingerprint) around arbitrary chunks."""
-        return wire.encode(wire.UPDATE, scheme="ckks", round_id=rnd, party=cid, length=length,
-                           scale=params.scale, fingerprint=client.public.fingerprint,
-                           chunks=chunks)
+        """A well-formed frame (valid checksums, this round's fingerprint) around any chunks."""
+        return wire.encode(wire.UPDATE, scheme="ckks", round_id=ckks.key_holder.round_id,
+                           party=cid, length=length, scale=params.scale,
+                           fingerprint=ckks.public.fingerprint, chunks=chunks)
 
-    def chunks_of(ctx_params, context, values):
-        return encrypt_chunks(context, ctx_params, values)
+    def ours(values):
+        return encrypt_chunks(ckks.public.context, params, values)
+
+    def lower(b):  # a multiplied, rescaled ciphertext: not at the top level
+        vec = ts.ckks_vector(ckks.public.context, ups[13][:4096].tolist()) * 0.5
+        return framed(13, [vec.serialize()] + ours(ups[13][4096:]))
 
     def copied_from_0(b):
-        expect = wire.Expect(wire.UPDATE, "ckks", rnd, length, 2, params.scale,
-                             client.public.fingerprint, 0)
-        return framed(8, wire.decode(sent[0], expect, client_id=0, stage=STAGE).chunks)
+        return framed(8, wire.decode(
+            sent[0], wire.Expect(wire.UPDATE, "ckks", ckks.key_holder.round_id, length, 2,
+                                 params.scale, ckks.public.fingerprint, 0),
+            client_id=0, stage=STAGE).chunks)
 
-    ours = client.public.context
-    lower = ts.ckks_vector(ckks.key_holder._context, ups[13][:4096].tolist()) * 0.5
     tamper = {
         (STAGE, 0): record,
         (STAGE, 1): _flip(1000),                                    # corrupted ciphertext
         (STAGE, 2): lambda b: b[:-100],                             # truncated
-        (STAGE, 3): lambda b: other_keys.client.encrypt_update(rnd, 3, ups[3]),  # other keys
-        (STAGE, 4): lambda b: client.encrypt_update(rnd - 1, 4, ups[4]),  # an old round's
-        (STAGE, 5): lambda b: framed(5, chunks_of(params, ours, ups[5][:4096])),  # chunk missing
-        (STAGE, 6): lambda b: bfv.client.encrypt_update(           # wrong scheme
-            rnd, 6, ups[6], codec=bfv.codec(14), rng=np.random.default_rng(0)),
-        (STAGE, 7): lambda b: framed(7, chunks_of(                  # other parameters, forged
-            smaller.params, smaller.client.public.context, ups[7][:4096])),
+        (STAGE, 3): lambda b: _reframe(ckks, b, 3, length, fingerprint=bytes(16)),  # other keys
+        (STAGE, 4): lambda b: _reframe(ckks, b, 4, length,          # an old round's
+                                       round_id=ckks.key_holder.round_id - 1),
+        (STAGE, 5): lambda b: framed(5, ours(ups[5][:4096])),       # chunk missing
+        (STAGE, 6): lambda b: _reframe(ckks, b, 6, length, scheme="bfv"),  # wrong scheme
+        (STAGE, 7): lambda b: framed(7, encrypt_chunks(             # other parameters, forged
+            smaller, PRESETS["ckks-4096"], ups[7][:4096])),
         (STAGE, 8): copied_from_0,                                  # client 0's ciphertexts
         (STAGE, 9): lambda b: b"GARBAGE" * 20,                      # not our format
         (STAGE, 10): lambda b: sent[0],                             # client 0's message
         (STAGE, 11): lambda b: b[:20] + bytes([b[20] ^ 1]) + b[21:],  # header bit flip
-        (STAGE, 12): lambda b: framed(12, chunks_of(params, ours, ups[12][:4096])
-                                      + chunks_of(params, ours, ups[12][:10])),  # short chunk
-        (STAGE, 13): lambda b: framed(13, [lower.serialize()]       # not a fresh ciphertext
-                                      + chunks_of(params, ours, ups[13][4096:])),
+        (STAGE, 12): lambda b: framed(12, ours(ups[12][:4096]) + ours(ups[12][:10])),  # short
+        (STAGE, 13): lower,                                         # not a fresh ciphertext
     }
     res = ckks.aggregate(rnd, ups, channel=FaultyChannel(tamper=tamper))
     expected_types = {1: TamperedMessage, 2: WrongLength, 3: ContextMismatch, 4: WrongRound,
@@ -281,34 +317,38 @@ def test_every_bad_input_kind_is_rejected_and_the_round_completes(ckks):
 
 
 def test_rejections_and_dropouts_keep_the_round_going(bfv):
-    ups = _updates(6, 700, seed=9)
-    channel = FaultyChannel(drop={STAGE: {1}}, tamper={(STAGE, 2): _flip(50),
-                                                       (STAGE, 3): lambda b: b[:-1]})
-    res = bfv.aggregate(40, ups, channel=channel, seed=1)
-    assert res.dropped == (1,) and set(res.rejected) == {2, 3}
+    ups = _updates(8, 700, seed=9)
+    secrets = _secrets(ups, 1)
+    channel = FaultyChannel(drop={STAGE: {1}, "receipt": {6}},
+                            tamper={(STAGE, 2): _flip(50), (STAGE, 3): lambda b: b[:-1],
+                                    ("receipt", 7): _flip(5)})
+    res = bfv.aggregate(40, ups, channel=channel, secrets=secrets)
+    assert res.dropped == (1, 6) and set(res.rejected) == {2, 3, 7}
+    assert isinstance(res.rejected[7], TamperedMessage) and res.rejected[7].client_id == 7
+    assert res.rejected[7].stage == "receipt"
     assert res.contributors == (0, 4, 5)
-    # the codec leaves room for all 6 sampled clients; the sum is exact for the 3 that remain
-    kept = {c: ups[c] for c in (0, 4, 5)}
-    codec = bfv.codec(6)
+    # the codec leaves room for all 8 sampled clients; the sum is exact for the 3 that remain
+    codec = bfv.codec(8)
     t = bfv.params.plain_modulus
     total = np.zeros(700, dtype=object)
     for cid in (0, 4, 5):
-        rng = np.random.default_rng(np.random.SeedSequence([1, 40, cid]))
-        total = (total + codec.encode(kept[cid], rng).astype(object)) % t
+        total = (total + codec.encode(ups[cid], _rounding(secrets, 40, cid)).astype(object)) % t
     np.testing.assert_array_equal(res.total, codec.decode_sum(total.astype(np.uint64)))
 
 
 def test_too_few_clients_and_key_holder_failures_abort(bfv):
     ups = _updates(3, 20)
+    with pytest.raises(TooFewClients, match="2 clients sampled, at least 3"):
+        create("he", {"min_clients": 3}).aggregate(59, _updates(2, 20))
     with pytest.raises(TooFewClients, match="valid encrypted updates"):
-        bfv.aggregate(50, ups, channel=FaultyChannel(drop={STAGE: {0, 1}}))
+        bfv.aggregate(60, ups, channel=FaultyChannel(drop={STAGE: {0, 1}}))
+    with pytest.raises(TooFewClients, match="valid encrypted updates"):
+        bfv.aggregate(61, ups, channel=FaultyChannel(drop={"receipt": {0, 1}}))
     with pytest.raises(TooFewClients, match="answer was lost"):
-        bfv.aggregate(51, ups, channel=FaultyChannel(drop={"decrypted_sum": {KEY_HOLDER}}))
+        bfv.aggregate(62, ups, channel=FaultyChannel(drop={"decrypted_sum": {KEY_HOLDER}}))
     with pytest.raises(TooFewClients, match="unusable.*checksum"):
-        bfv.aggregate(52, ups, channel=FaultyChannel(
+        bfv.aggregate(63, ups, channel=FaultyChannel(
             tamper={("decrypted_sum", KEY_HOLDER): _flip(3)}))
-    with pytest.raises(TooFewClients, match="already decrypted"):
-        bfv.aggregate(52, ups)  # the key holder decrypted round 52 once already
 
 
 # -- options and plumbing ----------------------------------------------------------------------
@@ -317,14 +357,29 @@ def test_too_few_clients_and_key_holder_failures_abort(bfv):
     ({"scheme": "paillier"}, "scheme must be one of"),
     ({"preset": "ckks-1024"}, "preset must be one of"),
     ({"scheme": "bfv", "preset": "ckks-8192"}, "is a ckks preset"),
-    ({"scheme": "ckks", "clip": 1.0}, "BFV only"),
-    ({"scheme": "ckks", "max_clients": 10}, "BFV only"),
+    ({"scheme": "ckks"}, "ckks_key_risk_accepted = true is required"),
+    ({"scheme": "ckks", "ckks_key_risk_accepted": 1}, "ckks_key_risk_accepted must be true or"),
+    ({"scheme": "ckks", "ckks_key_risk_accepted": "yes"}, "ckks_key_risk_accepted must be"),
+    ({"scheme": "bfv", "ckks_key_risk_accepted": True}, "applies to CKKS only"),
+    ({"scheme": ["bfv"]}, "scheme must be one of"),
+    ({"preset": None, "scheme": 3}, "scheme must be one of"),
     ({"scheme": "bfv", "clip": -1.0}, "clip must be a positive"),
     ({"scheme": "bfv", "clip": "1"}, "clip must be a positive"),
+    ({"clip": True}, "clip must be a positive"),
+    ({"clip": float("inf")}, "clip must be a positive"),
+    ({"clip": float("nan")}, "clip must be a positive"),
+    ({"clip": [1.0]}, "clip must be a positive"),
     ({"min_clients": 0}, "min_clients must be an integer >= 1"),
+    ({"min_clients": 2.9}, "min_clients must be an integer >= 1, got 2.9"),
+    ({"min_clients": 2.0}, "min_clients must be an integer"),
+    ({"min_clients": True}, "min_clients must be an integer"),
+    ({"min_clients": float("nan")}, "min_clients must be an integer"),
+    ({"min_clients": [2]}, "min_clients must be an integer"),
+    ({"max_clients": 10.0}, "max_clients must be an integer"),
     ({"scheme": "bfv", "min_clients": 5, "max_clients": 3}, "max_clients must be an integer >= 5"),
     ({"scheme": "bfv", "max_clients": 20_000}, "exceeds the 10000 summands"),
     ({"scheme": "bfv", "clip": 1e7, "max_clients": 1000}, "no precision"),
+    ({"preset": "ckks-4096", "clip": 2.0**15, "max_clients": 8, **CKKS}, "decrypts correctly"),
     ({"neighbours": 8}, "takes no option 'neighbours'"),
 ])
 def test_options_are_validated(options, match):
@@ -335,8 +390,21 @@ def test_options_are_validated(options, match):
 def test_defaults_and_describe():
     opts = parse_options({})
     assert opts.params.name == "bfv-4096" and opts.min_clients == 1 and opts.clip == 1.0
-    assert parse_options({"scheme": "ckks"}).params.name == "ckks-8192"
+    ckks = parse_options({"scheme": "ckks", **CKKS})
+    assert ckks.params.name == "ckks-8192" and ckks.clip == 1.0 and ckks.ckks_key_risk_accepted
     assert "only the sum" in create("he").describe()
+    described = create("he", {"scheme": "ckks", **CKKS}).describe()
+    assert "Li-Micciancio" in described and "individual updates" in described
+    assert "only the sum" not in described
+
+
+def test_capabilities():
+    bfv = create("he", {"scheme": "bfv", "min_clients": 3, "clip": 0.5})
+    assert bfv.supports_distributed_noise and bfv.min_clients == 3 and bfv.value_range == 0.5
+    assert not bfv.reveals_individual_updates
+    ckks = create("he", {"scheme": "ckks", "clip": 2.0, **CKKS})
+    assert ckks.value_range == 2.0 and ckks.min_clients == 1
+    assert not ckks.supports_distributed_noise  # the server can recover the round's key
     with pytest.raises(ValueError, match="empty"):
         create("he").aggregate(0, {0: np.zeros(0)})
     with pytest.raises(ValueError, match="key holder"):
@@ -354,12 +422,13 @@ def test_presets_plain_moduli_allow_batching():
 
 
 def test_channel_counts_bytes_and_no_stdout_warning(capfd):
-    proto = create("he", {"preset": "ckks-4096"})
+    proto = create("he", {"preset": "ckks-4096", **CKKS})
     channel = Channel()
     res = proto.aggregate(0, _updates(2, 5000), channel=channel)  # 3 chunks, no TenSEAL warning
     assert capfd.readouterr().out == ""
     assert res.bytes_up == channel.bytes_up > 2 * 3 * 60_000
-    assert res.bytes_down > 3 * 60_000  # the aggregate to the key holder
+    # the round's public context to both clients, their updates forwarded to the key holder
+    assert res.bytes_down > 2 * res.round_keys_bytes + 2 * 3 * 60_000
 
 
 def test_core_imports_without_tenseal():
@@ -390,17 +459,39 @@ def test_composes_with_distributed_dp_noise():
              for cid, u in raw.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may be clipped by the codec
-        res = proto.aggregate(0, noisy, seed=2)
-    exact, codec = _fixed_point_oracle(proto, noisy, 0, 2)
+        res = proto.aggregate(0, noisy, secrets=_secrets(noisy, 2))
+    exact, codec = _fixed_point_oracle(proto, noisy, 0, _secrets(noisy, 2))
     np.testing.assert_array_equal(res.total, exact)
     assert codec.error_bound(n) < 1e-6 * share
 
 
 def test_bfv_sums_do_not_depend_on_the_keys():
-    """A resumed run (fresh keys) reproduces an uninterrupted one bit for bit under BFV."""
+    """A resumed run (fresh keys, same client secrets) reproduces an uninterrupted one."""
     ups = _updates(4, 300, seed=21)
-    a = create("he", {"scheme": "bfv"}).aggregate(6, ups, seed=5)
-    b = create("he", {"scheme": "bfv"}).aggregate(6, ups, seed=5)
-    assert a.total.tobytes() == b.total.tobytes()
-    c = create("he", {"scheme": "bfv"}).aggregate(6, ups, seed=6)
-    assert c.total.tobytes() != a.total.tobytes()  # the rounding really depends on the seed
+    secrets = _secrets(ups, 5)
+    a = create("he", {"scheme": "bfv"}).aggregate(6, ups, secrets=secrets)
+    b = create("he", {"scheme": "bfv"}).aggregate(6, ups, secrets=secrets, seed=99)
+    assert a.total.tobytes() == b.total.tobytes()  # the public seed fixes nothing
+    c = create("he", {"scheme": "bfv"}).aggregate(6, ups, secrets=_secrets(ups, 6))
+    assert c.total.tobytes() != a.total.tobytes()  # the rounding depends on the secrets
+
+
+def test_rounding_is_keyed_from_the_client_secret_not_the_public_seed():
+    """Without secrets every call draws fresh OS randomness; with them, only the holder of
+    client 0's secret can reproduce its rounding (same seed, other secret: other residues)."""
+    ups = {0: np.full(64, 0.3 / 2**31), 1: np.zeros(64)}  # a fraction of one step
+    runs = [create("he", {"scheme": "bfv"}).aggregate(2, ups, seed=1) for _ in range(2)]
+    assert runs[0].total.tobytes() != runs[1].total.tobytes()
+    base = _secrets(ups, 0)
+    other = {**base, 0: hashlib.sha256(b"another").digest()}
+    p = create("he", {"scheme": "bfv"})
+    same = [p.aggregate(r, ups, secrets=base).total for r in (3, 4)]
+    assert same[0].tobytes() != same[1].tobytes()  # bound to the round
+    q = create("he", {"scheme": "bfv"})
+    assert q.aggregate(3, ups, secrets=other).total.tobytes() != same[0].tobytes()
+    assert create("he", {"scheme": "bfv"}).aggregate(3, ups, secrets=base).total.tobytes() == \
+        same[0].tobytes()
+    with pytest.raises(ValueError, match="client 1"):
+        p.aggregate(5, ups, secrets={0: base[0]})
+    with pytest.raises(ValueError, match="client 1: the round secret must be 32 bytes"):
+        p.aggregate(5, ups, secrets={0: base[0], 1: b"short"})

@@ -20,7 +20,8 @@ def test_he_training_matches_plaintext(tiny_config, tmp_path):
     reference = tiny_config.replace(run_dir=str(tmp_path / "plaintext"))
     run_training(reference, progress=False)
     plain_rows = _rows(reference.run_dir)
-    for name, options in (("ckks", {"scheme": "ckks"}), ("bfv", {})):
+    for name, options in (("ckks", {"scheme": "ckks", "ckks_key_risk_accepted": True}),
+                          ("bfv", {})):
         he = tiny_config.replace(**{"run_dir": str(tmp_path / name), "protocol.name": "he",
                                     "protocol.options": options})
         summary = run_training(he, progress=False)

@@ -60,6 +60,21 @@ def test_bad_inputs_and_options():
         create("rot13")
 
 
+@pytest.mark.parametrize("value", [2.9, 2.0, True, 0, -1, "2", [2], float("inf"), float("nan"),
+                                   None])
+def test_min_clients_must_be_an_integer(value):
+    """2.9 used to become 2 silently; every non-integer is now refused by name."""
+    with pytest.raises(ValueError, match="protocol.options.min_clients must be an integer"):
+        create("plaintext", {"min_clients": value})
+
+
+def test_capabilities():
+    proto = create("plaintext", {"min_clients": 3})
+    assert proto.min_clients == 3 and proto.reveals_individual_updates
+    assert not proto.supports_distributed_noise and proto.value_range is None
+    assert "sees every client's" in proto.describe()
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 200), clip=st.floats(0.01, 100.0), seed=st.integers(0, 2**31))
 def test_codec_sum_within_bound(n, clip, seed):
