@@ -99,10 +99,9 @@ class Server:
         result, aborted = None, "no client took part"
         try:
             if updates:
-                extra = {} if secrets is None else {"secrets": secrets}
                 result = self.protocol.aggregate(
                     round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel,
-                    seed=seed, **extra)
+                    seed=seed, secrets=secrets)
         except TooFewClients as err:
             aborted = str(err)
         try:

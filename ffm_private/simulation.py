@@ -49,6 +49,7 @@ from ffm_private.models import (
 from ffm_private.models.partition import load_group, state_of
 from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
+from ffm_private.privacy.client_secrets import SecretStore
 from ffm_private.privacy.guarantee import NO_DP
 from ffm_private.privacy.run import RunPrivacy
 from ffm_private.server import Averager, Server, plain_mean, sample_clients
@@ -141,8 +142,11 @@ class Simulation:
         if self.privacy is not None:
             self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
         atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
+        test_seed = (self.privacy.cfg.noise_seed if self.privacy is not None
+                     and self.privacy.cfg.noise_seed >= 0 else None)
+        self.secrets = SecretStore(self.run_dir, test_seed=test_seed)
         if self.privacy is not None:
-            self.privacy.start(resuming=resuming)
+            self.privacy.start(self.secrets, resuming=resuming)
         self.backbone = self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
@@ -290,8 +294,9 @@ class Simulation:
                 update = dataclasses.replace(update, delta=released, num_examples=0, metrics={})
             state.personal.put(cid, result.personal)
             updates[cid] = update
-        secrets = (self.privacy.protocol_secrets(round_id, sorted(updates))
-                   if self.privacy is not None else None)
+        # each client keys its protocol randomness (stochastic rounding) from its own secret
+        secrets = (None if self.protocol.reveals_individual_updates
+                   else self.secrets.protocol_secrets(round_id, sorted(updates)))
         outcome = server.aggregate(round_id, updates, seed=f.seed, secrets=secrets)
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)

@@ -97,8 +97,9 @@ class AggregationProtocol(ABC):
         :class:`~protocols.errors.TooFewClients` when too few clients survive.
         """
 
-    def rounding_bound(self, length: int) -> float:
-        """Largest L2 distance the encoding can move a ``length``-vector (stochastic rounding).
+    def rounding_bound(self, length: int, max_clients: int) -> float:
+        """Largest L2 distance the encoding can move a ``length``-vector (stochastic rounding)
+        in a round of up to ``max_clients`` participants.
 
         The privacy layer clips to ``C`` minus this bound, so an encoded update's norm stays
         at most ``C``. Float protocols move nothing: 0.

@@ -49,6 +49,11 @@ class FixedPointCodec:
                 f"with clip {self.clip}: use a larger modulus or fewer clients"
             )
 
+    def rounding_bound(self, length: int) -> float:
+        """L2 bound on how far encoding moves a ``length``-vector: each coordinate moves by
+        less than one step ``1 / scale``."""
+        return float(np.sqrt(length)) / self.scale
+
     @property
     def scale(self) -> float:
         """Steps per unit: the largest that keeps sums of ``max_clients`` values from wrapping.

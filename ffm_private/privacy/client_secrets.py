@@ -116,6 +116,10 @@ class SecretStore:
         """The 32 bytes a protocol's client side keys its randomness from in ``round_id``."""
         return derive(self.secret(client, must_exist=must_exist), "protocol", round_id)
 
+    def protocol_secrets(self, round_id: int, clients: list[int]) -> dict[int, bytes]:
+        """:meth:`protocol_secret` of each of ``clients``."""
+        return {c: self.protocol_secret(c, round_id) for c in clients}
+
     def fingerprint(self, parties: list[int | str]) -> dict[str, str]:
         """SHA-256 of each existing secret among ``parties`` (reveals nothing of the secret)."""
         out: dict[str, str] = {}

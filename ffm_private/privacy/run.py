@@ -183,7 +183,7 @@ class RunPrivacy:
                     f"{c + NOISE_RANGE_SIGMAS * std:.4g}; larger values would be clamped, "
                     "which the accounting does not cover. Raise protocol.options.clip")
             bound = getattr(protocol, "rounding_bound", None)
-            margin = float(bound(dim)) if callable(bound) else 0.0
+            margin = float(bound(dim, len(self.user_ids))) if callable(bound) else 0.0
             if margin >= c:
                 raise ConfigError(f"the protocol's rounding error bound {margin:.3g} is not "
                                   f"below privacy.clipping_norm = {c:g}")
@@ -193,8 +193,8 @@ class RunPrivacy:
         self.statement()  # refuse, before any file is written, a claim that cannot be stated
         return self
 
-    def start(self, *, resuming: bool = False) -> RunPrivacy:
-        """Write the plan, open the durable ledger and the parties' secrets."""
+    def start(self, secrets: SecretStore, *, resuming: bool = False) -> RunPrivacy:
+        """Write the plan, open the durable ledger; ``secrets`` are the parties' own roots."""
         from ffm_private.storage import atomic_write_json
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -203,8 +203,7 @@ class RunPrivacy:
                                      accountant=self.cfg.accountant,
                                      default_cap=self.cfg.cap_for_plan(self.plan),
                                      caps=self.caps)
-        seed = self.cfg.noise_seed if self.cfg.noise_seed >= 0 else None
-        self._secrets = SecretStore(self.folder.parent, test_seed=seed)
+        self._secrets = secrets
         if resuming and self._ledger.summary()["users_charged"]:
             self._secrets.secret(SERVER, must_exist=True)
         return self
@@ -267,10 +266,6 @@ class RunPrivacy:
         if self.example_dp is None:
             return None
         return torch_generator(self.secrets.noise(client), round_id, client)
-
-    def protocol_secrets(self, round_id: int, clients: Sequence[int]) -> dict[int, bytes]:
-        """Each client's protocol secret for ``round_id``, from that client's own root."""
-        return {c: self.secrets.protocol_secret(c, round_id) for c in clients}
 
     def release(self, round_id: int, client: int, delta: np.ndarray,
                 report: DPRunReport | None = None) -> np.ndarray | None:

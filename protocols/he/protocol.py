@@ -137,6 +137,12 @@ class HEProtocol(AggregationProtocol):
         check_precision(self.params, self.options.clip, room)
         return room
 
+    def rounding_bound(self, length: int, max_clients: int) -> float:
+        """BFV: stochastic rounding's L2 bound for rounds of up to ``max_clients``; CKKS
+        encodes floats approximately and is not used with distributed noise: 0."""
+        codec = self.codec(max(1, max_clients))
+        return 0.0 if codec is None else codec.rounding_bound(length)
+
     def codec(self, n_clients: int) -> FixedPointCodec | None:
         """BFV: the round's fixed-point codec (room for ``max_clients`` or ``n_clients``)."""
         room = self.room(n_clients)

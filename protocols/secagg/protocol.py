@@ -38,6 +38,7 @@ import numpy as np
 from protocols.base import AggregateResult, AggregationProtocol, check_updates
 from protocols.channel import Channel
 from protocols.errors import ProtocolError
+from protocols.quantize import FixedPointCodec
 from protocols.secagg import primitives as cr
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.options import SecAggOptions
@@ -108,6 +109,12 @@ class SecAggPlusProtocol(AggregationProtocol):
     def value_range(self) -> float:  # type: ignore[override]
         """Largest coordinate encoded without clamping: the ``clip`` option."""
         return float(self.options.clip)
+
+    def rounding_bound(self, length: int, max_clients: int) -> float:
+        """Stochastic rounding's L2 bound for rounds of up to ``max_clients`` participants
+        (the codec leaves room for every participant, so more clients mean coarser steps)."""
+        return FixedPointCodec(clip=self.options.clip,
+                               max_clients=max(1, max_clients)).rounding_bound(length)
 
     def enrol(self, client_id: int) -> bytes:
         """Create (once) a client's Ed25519 identity key and register its public key."""

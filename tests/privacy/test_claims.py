@@ -28,7 +28,8 @@ def _privacy(tmp_path, raw, *, users=500, protocol="plaintext", dim=64, rounds=1
     privacy = RunPrivacy.prepare(raw, tmp_path, user_ids=range(users), rounds=rounds,
                                  client_fraction=0.1, protocol=protocol, public=public)
     options = {"clip": 1000.0} if protocol == "secagg" else {}
-    return privacy.bind_protocol(registry.create(protocol, options), dim).start()
+    return privacy.bind_protocol(registry.create(protocol, options), dim).start(
+        SecretStore(tmp_path, test_seed=raw.get("noise_seed")))
 
 
 # -- 1. the released noise's scale does not depend on how many users exist -------------------
@@ -184,3 +185,36 @@ def test_statement_puts_evaluation_metrics_outside_the_claim(tmp_path):
     assert "Evaluation metrics computed on held-out items" in text
     assert "outside the claim" in text
     assert "every party's secret" in text  # the in-process simulation holds all secrets
+
+
+# -- 11: encoding cannot lift a clipped norm above C; the clip range carries the noise --------
+def test_distributed_clip_leaves_room_for_the_protocols_rounding(tmp_path):
+    """Adversary's hope: stochastic rounding pushes a client at norm C slightly above C (more
+    than the sensitivity the noise is sized for). The clip is lowered by the rounding bound."""
+    from protocols.quantize import FixedPointCodec
+
+    dim, users = 4096, 500
+    privacy = _privacy(tmp_path, {**DISTRIBUTED, "noise_seed": 0}, users=users,
+                       protocol="secagg", dim=dim)
+    protocol = registry.create("secagg", {"clip": 1000.0})
+    margin = protocol.rounding_bound(dim, users)
+    assert privacy.mechanism.rounding_margin == margin > 0
+    update = np.random.default_rng(0).normal(size=dim)
+    clipped = privacy.mechanism.clip(update)
+    assert np.linalg.norm(clipped) <= 1.0 - margin + 1e-12
+    codec = FixedPointCodec(clip=1000.0, max_clients=users)
+    rng = np.random.default_rng(1)
+    for _ in range(20):  # the worst a rounding can do stays within the margin
+        moved = codec.decode_sum(codec.encode(clipped, rng)) - clipped
+        assert np.linalg.norm(moved) <= margin
+        assert np.linalg.norm(clipped + moved) <= 1.0
+
+
+def test_protocol_clip_range_too_narrow_for_distributed_noise_is_refused(tmp_path):
+    from ffm_private.config import ConfigError
+
+    privacy = RunPrivacy.prepare({**DISTRIBUTED, "noise_seed": 0}, tmp_path,
+                                 user_ids=range(500), rounds=10, client_fraction=0.1,
+                                 protocol="secagg")
+    with pytest.raises(ConfigError, match="protocol.options.clip"):
+        privacy.bind_protocol(registry.create("secagg", {"clip": 1.0}), 64)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ffm_private.config import ConfigError
+from ffm_private.privacy.client_secrets import SecretStore
 from ffm_private.privacy.errors import (
     InsufficientNoiseError,
     LedgerConflictError,
@@ -151,7 +152,8 @@ def _privacy(tmp_path, protocol="secagg", dim=100, **raw) -> RunPrivacy:
                                  client_fraction=0.1, protocol=protocol)
     assert privacy is not None
     options = {"clip": 1000.0} if protocol == "secagg" else {}
-    return privacy.bind_protocol(registry.create(protocol, options), dim).start()
+    return privacy.bind_protocol(registry.create(protocol, options), dim).start(
+        SecretStore(tmp_path, test_seed=base["noise_seed"]))
 
 
 def test_release_clips_and_adds_the_distributed_share(tmp_path):
