@@ -353,5 +353,5 @@ def describe_privacy_fields() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_REFERENCE_SIZE", "DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES", "PrivacyConfig",
-           "describe_privacy_fields"]
+__all__ = ["DEFAULT_REFERENCE_SIZE", "DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES",
+           "PrivacyConfig", "describe_privacy_fields"]

@@ -25,10 +25,10 @@ charged, depends on the mode (see ``docs/privacy.md``):
     with one example rate ``q = min(1, batch_size / reference_size)`` shared by every client
     (``reference_size`` is public, see :func:`~ffm_private.privacy.dpsgd.example_plan_inputs`),
     plus ``personal_steps`` DP steps at the same rate on the personal parameters if they are
-    trained on the same data and feed the shared update. Rounds the client sits out touch none of its data, so only
-    participations are charged (the participation pattern is independent of the data). Client
-    sampling is *not* used for amplification: steps inside a round are correlated and the
-    server sees who participates. Worst case: ``max_participations`` (default ``rounds``).
+    trained on the same data and feed the shared update. Rounds the client sits out touch
+    none of its data, so only participations are charged (the participation pattern is
+    independent of the data). Client sampling is *not* used for amplification: steps inside
+    a round are correlated and the server sees who participates. Worst case: ``max_participations`` (default ``rounds``).
 
 In every mode the per-user ledger (:mod:`ffm_private.privacy.ledger`) counts the charges a
 user actually incurred, so a user's recorded epsilon is at most the plan's.
