@@ -28,7 +28,8 @@ charged, depends on the mode (see ``docs/privacy.md``):
     trained on the same data and feed the shared update. Rounds the client sits out touch
     none of its data, so only participations are charged (the participation pattern is
     independent of the data). Client sampling is *not* used for amplification: steps inside
-    a round are correlated and the server sees who participates. Worst case: ``max_participations`` (default ``rounds``).
+    a round are correlated and the server sees who participates. Worst case:
+    ``max_participations`` (default ``rounds``).
 
 In every mode the per-user ledger (:mod:`ffm_private.privacy.ledger`) counts the charges a
 user actually incurred, so a user's recorded epsilon is at most the plan's.
