@@ -63,7 +63,8 @@ def client_step_table(train: np.ndarray, sizes: list[int], items: list[int], bat
                       repeats: int) -> list[dict]:
     """One client's whole local step (personal + shared phase), with and without DP."""
     cfg = LocalTrainingConfig(batch_size=batch)
-    inputs = example_plan_inputs(sizes, cfg)
+    # synthetic data: the plan is sized for this dataset's median user, as a public figure
+    inputs = example_plan_inputs(sizes, cfg, reference_size=int(np.median(sizes)))
     dp = ExampleDP(noise_multiplier=1.0, clipping_norm=0.1, sample_rate=inputs.example_rate,
                    steps=inputs.local_steps, expected_batch_size=inputs.expected_batch_size,
                    personal_sample_rate=inputs.personal_rate,
@@ -154,7 +155,8 @@ def main() -> None:
     steps = step_table(args.items, args.batch_size, args.repeats)
     load_after = os.getloadavg()
 
-    inputs = example_plan_inputs(sizes, LocalTrainingConfig(batch_size=args.batch_size))
+    inputs = example_plan_inputs(sizes, LocalTrainingConfig(batch_size=args.batch_size),
+                                 reference_size=int(np.median(sizes)))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average "
           f"{load_before[0]:.2f} -> {load_after[0]:.2f}; client with {len(train)} training "
           f"interactions (median); batch size {args.batch_size}: rate "

@@ -11,6 +11,15 @@ Test metrics are read at the round chosen on validation HR@10, as in every run s
         --set federated.batch_size=32 --client-fraction 1
     python examples/privacy_utility_sweep.py --config examples/movielens100k.toml \\
         --set data.path=/data/ml-100k --out runs/sweep-ml100k
+    python examples/privacy_utility_sweep.py --compare-clipping --expected-clients 150 \\
+        --clipping-norm 0.1                                        # fixed vs adaptive clipping
+
+``--compare-clipping`` (user mode, central noise) runs every epsilon twice: with the fixed
+``--clipping-norm`` and with adaptive clipping started from it (``privacy.adaptive_clipping``,
+docs/privacy.md "Adaptive clipping"): the clip tracks the ``--clip-quantile`` of the update
+norms from a noisy count, at the same epsilon. ``--expected-clients`` is the public number
+of participants per round the count is divided by (about ``client_fraction`` times the
+number of users); the count noise defaults to 0.05 times it.
 
 Writes ``<out>/sweep.json`` and ``<out>/privacy_utility.png``.
 """
@@ -27,9 +36,12 @@ from ffm_private.simulation import run_training
 
 
 def sweep(base: config_mod.Config, epsilons: list[float], privacy: dict[str, Any],
-          out: Path) -> dict[str, Any]:
-    """``privacy`` holds the ``[privacy]`` keys every DP run shares (mode, clipping norm)."""
-    """Run the non-private baseline and one DP run per epsilon; return their metrics."""
+          out: Path, adaptive: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the non-private baseline and one DP run per epsilon; return their metrics.
+
+    ``privacy`` holds the ``[privacy]`` keys every DP run shares (mode, clipping norm); with
+    ``adaptive`` (extra ``[privacy]`` keys) each epsilon also runs with adaptive clipping.
+    """
     def run(name: str, table: dict[str, Any]) -> dict[str, Any]:
         cfg = base.replace(**{"run_dir": str(out / name), "privacy": table,
                               "pretrain.checkpoint": str(out / "backbone.npz")
@@ -41,10 +53,15 @@ def sweep(base: config_mod.Config, epsilons: list[float], privacy: dict[str, Any
         return {"selected": summary["selected_metrics"], "privacy": summary["privacy"],
                 "epsilon": (summary["privacy_details"] or {}).get("epsilon")}
 
-    results = {"baseline": run("none", {}), "dp": {}}
+    results: dict[str, Any] = {"baseline": run("none", {}), "dp": {}}
     for eps in epsilons:
         results["dp"][str(eps)] = run(f"eps-{eps:g}",
                                       {**privacy, "target_epsilon": eps})
+    if adaptive:
+        results["dp_adaptive"] = {
+            str(eps): run(f"eps-{eps:g}-adaptive",
+                          {**privacy, **adaptive, "target_epsilon": eps})
+            for eps in epsilons}
     return results
 
 
@@ -56,10 +73,16 @@ def plot(results: dict[str, Any], path: Path, k: int = 10, label: str = "DP") ->
     fig = Figure(figsize=(9, 3.8), dpi=120)
     FigureCanvasAgg(fig)
     dp = sorted(results["dp"].values(), key=lambda r: r["epsilon"])
+    series = [(label, dp)]
+    if results.get("dp_adaptive"):
+        series = [(f"{label}, fixed clip", dp),
+                  (f"{label}, adaptive clip",
+                   sorted(results["dp_adaptive"].values(), key=lambda r: r["epsilon"]))]
     for col, metric in enumerate((f"test_hr@{k}", f"test_ndcg@{k}")):
         ax = fig.add_subplot(1, 2, col + 1)
-        ax.plot([r["epsilon"] for r in dp], [r["selected"][metric] for r in dp], marker="o",
-                label=label)
+        for name, points in series:
+            ax.plot([r["epsilon"] for r in points], [r["selected"][metric] for r in points],
+                    marker="o", label=name)
         ax.axhline(results["baseline"]["selected"][metric], color="grey", ls="--",
                    label="no DP")
         ax.set_xscale("log")
@@ -86,9 +109,29 @@ def main() -> None:
                         help="Poisson sampling rate of clients per round (amplifies privacy)")
     parser.add_argument("--mode", choices=["user", "example"], default="user",
                         help="user-level DP-FedAvg or example-level DP-SGD")
-    parser.add_argument("--clipping-norm", type=float, default=0.5)
+    parser.add_argument("--clipping-norm", type=float, default=0.5,
+                        help="fixed clip (with --compare-clipping: also the adaptive start)")
+    parser.add_argument("--compare-clipping", action="store_true",
+                        help="user mode: run each epsilon with fixed and adaptive clipping")
+    parser.add_argument("--expected-clients", type=float, default=0.0,
+                        help="--compare-clipping: public expected participants per round")
+    parser.add_argument("--clip-quantile", type=float, default=0.5,
+                        help="--compare-clipping: target quantile of update norms")
+    parser.add_argument("--clip-lr", type=float, default=0.2,
+                        help="--compare-clipping: learning rate of the geometric clip update")
+    parser.add_argument("--clip-count-noise", type=float, default=0.0,
+                        help="--compare-clipping: noise std on the count (default 0.05 x "
+                        "--expected-clients)")
     parser.add_argument("--out", default="runs/privacy-utility")
     args = parser.parse_args()
+    adaptive = None
+    if args.compare_clipping:
+        if args.mode != "user" or args.expected_clients <= 0:
+            parser.error("--compare-clipping needs --mode user and --expected-clients > 0")
+        adaptive = {"adaptive_clipping": True, "clip_target_quantile": args.clip_quantile,
+                    "clip_learning_rate": args.clip_lr,
+                    "clip_count_noise": args.clip_count_noise or 0.05 * args.expected_clients,
+                    "expected_clients_per_round": args.expected_clients}
 
     overrides = {"data.synthetic_preset": args.preset, "federated.rounds": args.rounds,
                  "federated.client_fraction": args.client_fraction}
@@ -100,16 +143,19 @@ def main() -> None:
     if base.data.kind == "synthetic" and not base.data.path:  # generate the data once
         base = base.replace(**{"data.path": str(out / "data")})
     results = sweep(base, args.epsilons,
-                    {"mode": args.mode, "clipping_norm": args.clipping_norm}, out)
+                    {"mode": args.mode, "clipping_norm": args.clipping_norm}, out, adaptive)
     (out / "sweep.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "privacy_utility.png", k=base.evaluation.k,
          label=f"{args.mode}-level DP")
     print(f"{'epsilon':>8} | HR@10  | NDCG@10")
     base_sel = results["baseline"]["selected"]
     print(f"{'no DP':>8} | {base_sel['test_hr@10']:.4f} | {base_sel['test_ndcg@10']:.4f}")
-    for r in sorted(results["dp"].values(), key=lambda r: r["epsilon"]):
-        print(f"{r['epsilon']:>8.3f} | {r['selected']['test_hr@10']:.4f} | "
-              f"{r['selected']['test_ndcg@10']:.4f}")
+    for name in ("dp", "dp_adaptive"):
+        if name == "dp_adaptive" and adaptive:
+            print("adaptive clipping:")
+        for r in sorted(results.get(name, {}).values(), key=lambda r: r["epsilon"]):
+            print(f"{r['epsilon']:>8.3f} | {r['selected']['test_hr@10']:.4f} | "
+                  f"{r['selected']['test_ndcg@10']:.4f}")
     print(f"plot: {out / 'privacy_utility.png'}")
 
 

@@ -1,11 +1,11 @@
 """Epsilon of (compositions of) Poisson-subsampled Gaussian mechanisms, via Opacus 1.6.
 
 Every DP mechanism in this project is a Poisson-subsampled Gaussian: a DP-SGD step on a
-client (examples sampled with rate ``b / N_user``) or a DP-FedAvg round (clients sampled with
-rate ``q``, noise ``sigma * C`` on the sum of clipped updates). A run is a composition of
-*events* ``(noise_multiplier, sample_rate, steps)``; this module turns a list of events into
-epsilon at a given delta with Opacus's accountants, and searches the noise multiplier that
-meets a target epsilon.
+client (examples sampled with one public per-example rate) or a DP-FedAvg round (clients
+sampled with rate ``q``, noise ``sigma * C`` on the sum of clipped updates). A run is a
+composition of *events* ``(noise_multiplier, sample_rate, steps)``; this module turns a list
+of events into epsilon at a given delta with Opacus's accountants, and searches the noise
+multiplier that meets a target epsilon.
 
 - ``prv`` (default): Opacus's PRV accountant (Gopi et al. 2021). It returns the *upper* end of
   its error interval (``eps_error = 0.01``), so the figure is a valid bound, not an estimate.

@@ -13,17 +13,25 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from ffm_private.config import ConfigError
 from ffm_private.privacy.accounting import ACCOUNTANTS
-from ffm_private.privacy.errors import AccountingError
+from ffm_private.privacy.errors import AccountingError, UnsupportedClaimError
 from ffm_private.privacy.planner import PrivacyPlan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ffm_private.client import LocalTrainingConfig
+    from ffm_private.privacy.dpsgd import ExamplePlanInputs
 
 PRIVACY_MODES = ("none", "example", "user")
 NOISE_PLACEMENTS = ("central", "distributed")
 DELTA_FACTOR = 10
 """delta must be at most ``1 / (DELTA_FACTOR * n)`` for ``n`` protected units."""
+DEFAULT_REFERENCE_SIZE = 100
+"""Interactions per user that example-level DP-SGD is sized for unless the config says
+otherwise: a round public figure, of the order of MovieLens users' counts. It is never
+measured on the data being protected."""
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -64,6 +72,28 @@ class PrivacyConfig:
                             "plan's epsilon).")
     allow_large_delta: bool = _f(False, "Accept delta > 1/(10 n); such a delta permits "
                                  "releasing a few units' data outright.")
+    reference_size: int = _f(DEFAULT_REFERENCE_SIZE, "example mode: training interactions "
+                             "per user the DP-SGD plan assumes, from public knowledge (never "
+                             "measured on the private data). Sets the sampling rate "
+                             "min(1, batch_size / reference_size), the steps and the divisor; "
+                             "users with more or fewer interactions run the same rate and "
+                             "steps, so the plan covers them.")
+    expected_clients_per_round: float = _f(0.0, "user mode: public, data-independent expected "
+                                           "number of participants per round; the divisor of "
+                                           "the adaptive-clipping count (required with "
+                                           "adaptive_clipping).")
+    adaptive_clipping: bool = _f(False, "user mode, central noise: the clipping norm tracks a "
+                                 "quantile of the update norms from a noisy count of unclipped "
+                                 "clients (Andrew et al. 2021); clipping_norm is the initial "
+                                 "value. The plan's epsilon is unchanged: the update noise "
+                                 "is raised to pay for the count.")
+    clip_target_quantile: float = _f(0.5, "adaptive_clipping: fraction of clients whose update "
+                                     "should be left unclipped.")
+    clip_learning_rate: float = _f(0.2, "adaptive_clipping: step of the geometric update "
+                                   "C <- C exp(-lr (unclipped fraction - quantile)).")
+    clip_count_noise: float = _f(0.0, "adaptive_clipping: std of the Gaussian noise on the "
+                                 "count of unclipped clients (required; must exceed half the "
+                                 "noise multiplier; about 0.05 x expected_clients_per_round).")
     noise_seed: int = _f(-1, "Tests and demos only: draw noise and client sampling from this "
                          "fixed seed, so runs are reproducible and protect NOTHING (the summary "
                          "says so). -1: secret randomness kept in <run_dir>/privacy/noise.key.")
@@ -147,6 +177,8 @@ class PrivacyConfig:
         if self.mode == "user" and not distributed and self.max_participations:
             raise ConfigError("privacy.max_participations does not apply to user-level DP with "
                               "central noise: every round costs every user in the pool")
+        self._validate_example_sizing()
+        self._validate_adaptive_clipping()
         _num("privacy.default_cap", self.default_cap, allow_zero=True)
         if self.noise_seed < -1:
             raise ConfigError(f"privacy.noise_seed = {self.noise_seed} must be -1 (secret "
@@ -156,6 +188,43 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.per_user_caps_file = {self.per_user_caps_file!r} must "
                               "be a .csv or .toml file")
         return self
+
+    def _validate_example_sizing(self) -> None:
+        r = self.reference_size
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ConfigError(f"privacy.reference_size = {r!r} must be an integer >= 1")
+        if self.mode != "example" and r != DEFAULT_REFERENCE_SIZE:
+            raise ConfigError("privacy.reference_size applies to mode = 'example' (it sizes "
+                              "DP-SGD on the client)")
+        _num("privacy.expected_clients_per_round", self.expected_clients_per_round,
+             allow_zero=True)
+        if self.mode != "user" and self.expected_clients_per_round:
+            raise ConfigError("privacy.expected_clients_per_round applies to mode = 'user'")
+
+    def _validate_adaptive_clipping(self) -> None:
+        keys = ("clip_target_quantile", "clip_learning_rate", "clip_count_noise")
+        if not self.adaptive_clipping:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            changed = [k for k in keys if getattr(self, k) != defaults[k]]
+            if changed:
+                raise ConfigError(f"privacy.{changed[0]} is set but privacy.adaptive_clipping "
+                                  "is false")
+            return
+        if self.mode != "user" or self.noise_placement != "central":
+            raise ConfigError("privacy.adaptive_clipping is supported for mode = 'user' with "
+                              "noise_placement = 'central' only (the trusted server noises "
+                              "the count of unclipped clients)")
+        q = self.clip_target_quantile
+        if not math.isfinite(q) or not 0.0 < q < 1.0:
+            raise ConfigError(f"privacy.clip_target_quantile = {q!r} must satisfy 0 < q < 1")
+        _num("privacy.clip_learning_rate", self.clip_learning_rate)
+        if not self.clip_count_noise:
+            raise ConfigError("privacy.clip_count_noise (> 0) is required with "
+                              "adaptive_clipping (about 0.05 x expected_clients_per_round)")
+        _num("privacy.clip_count_noise", self.clip_count_noise)
+        if not self.expected_clients_per_round:
+            raise ConfigError("privacy.expected_clients_per_round (> 0, public) is required "
+                              "with adaptive_clipping: it divides the noisy count")
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -202,6 +271,8 @@ class PrivacyConfig:
             accountant=self.accountant, max_participations=self.max_participations)
         if self.mode == "user":
             kwargs["noise_placement"] = self.noise_placement
+            if self.adaptive_clipping:
+                kwargs.update(adaptive_clipping=True, clip_count_noise=self.clip_count_noise)
         else:
             kwargs.update(local_steps=local_steps, example_rate=example_rate,
                           personal_steps=personal_steps, personal_rate=personal_rate)
@@ -211,6 +282,52 @@ class PrivacyConfig:
             return PrivacyPlan.for_target(target_epsilon=self.target_epsilon, **kwargs)
         except AccountingError as err:
             raise ConfigError(f"privacy plan: {err}") from err
+
+    def example_inputs(self, local_cfg: LocalTrainingConfig, *,
+                       has_personal: bool = True) -> ExamplePlanInputs:
+        """Example-level DP-SGD sizing from the training config and ``reference_size`` only.
+
+        Also refuses a personal phase that would train on the client's data without DP.
+        """
+        from ffm_private.privacy.dpsgd import check_coverage, example_plan_inputs
+
+        if self.mode != "example":
+            raise ConfigError("example_inputs applies to privacy.mode = 'example'")
+        try:
+            example = example_plan_inputs(None, local_cfg, has_personal=has_personal,
+                                          reference_size=self.reference_size)
+        except ValueError as err:
+            if isinstance(err, UnsupportedClaimError):
+                raise
+            raise ConfigError(str(err)) from err
+        check_coverage(has_personal=has_personal, personal_epochs=local_cfg.personal_epochs,
+                       personal_steps=example.personal_steps)
+        return example
+
+    def run_inputs(self, *, rounds: int, client_rate: float,
+                   local_cfg: LocalTrainingConfig | None = None, has_personal: bool = True
+                   ) -> tuple[dict[str, Any], ExamplePlanInputs | None]:
+        """The keyword arguments of :meth:`plan` a run uses, and its DP-SGD sizing.
+
+        The one place they are derived: the run and ``ffm-private budget --config`` both call
+        it, so they plan the same mechanism. Nothing here reads the users' data.
+        """
+        inputs: dict[str, Any] = {"rounds": rounds, "client_rate": client_rate}
+        example = None
+        if self.mode == "example":
+            if local_cfg is None:
+                raise ConfigError("example-level DP needs the local training configuration")
+            example = self.example_inputs(local_cfg, has_personal=has_personal)
+            inputs.update(example.plan_kwargs())
+        return inputs, example
+
+    def run_plan(self, *, rounds: int, client_rate: float,
+                 local_cfg: LocalTrainingConfig | None = None,
+                 has_personal: bool = True) -> PrivacyPlan:
+        """The :class:`PrivacyPlan` a run with these settings plans (see :meth:`run_inputs`)."""
+        inputs, _ = self.run_inputs(rounds=rounds, client_rate=client_rate,
+                                    local_cfg=local_cfg, has_personal=has_personal)
+        return self.plan(**inputs)
 
     def cap_for_plan(self, plan: PrivacyPlan) -> float:
         """The default per-user cap: ``default_cap`` if set, else the plan's epsilon."""
@@ -252,5 +369,5 @@ def describe_privacy_fields() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES", "PrivacyConfig",
-           "describe_privacy_fields"]
+__all__ = ["DEFAULT_REFERENCE_SIZE", "DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES",
+           "PrivacyConfig", "describe_privacy_fields"]

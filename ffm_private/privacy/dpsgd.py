@@ -14,8 +14,9 @@ of parameters for a fixed number of steps; each step
    by a public constant (``expected_batch_size``) and takes an Adam step.
 
 The rate ``q``, the step counts and the normaliser are the same for every client and fixed
-once per run (:func:`example_plan_inputs`): none of them depends on a user's data, so the
-mechanism is exactly the Poisson-subsampled Gaussian the plan accounts for. The noise
+once per run (:func:`example_plan_inputs`) from the training configuration and the public
+``privacy.reference_size``, never from the users' data, so the mechanism is exactly the
+Poisson-subsampled Gaussian the plan accounts for. The noise
 multiplier comes from the :class:`~ffm_private.privacy.planner.PrivacyPlan`; Opacus's own
 noise search is never called here.
 
@@ -49,6 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ffm_private.privacy.accounting import GaussianEvent
+from ffm_private.privacy.config import DEFAULT_REFERENCE_SIZE
 from ffm_private.privacy.errors import UnsupportedClaimError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,34 +195,37 @@ class ExamplePlanInputs:
                 "personal_rate": self.personal_rate if self.personal_steps else 0.0}
 
 
-def example_plan_inputs(train_sizes: Sequence[int] | np.ndarray, local_cfg: LocalTrainingConfig,
-                        *, has_personal: bool = True,
-                        reference_size: int | None = None) -> ExamplePlanInputs:
+def example_plan_inputs(train_sizes: Sequence[int] | np.ndarray | None,
+                        local_cfg: LocalTrainingConfig, *, has_personal: bool = True,
+                        reference_size: int = DEFAULT_REFERENCE_SIZE) -> ExamplePlanInputs:
     """Size example-level DP-SGD once per run: one rate and step counts for every client.
 
-    - reference size ``n_ref``: ``reference_size`` if given, else the median of
-      ``train_sizes`` (training interactions per user);
+    - reference size ``n_ref = reference_size`` (``privacy.reference_size``): the number of
+      training interactions per user the plan assumes, public knowledge, not measured on
+      the data (a statistic of the users' data published in the plan would be unaccounted);
     - example rate ``q = min(1, batch_size / n_ref)``, the same for every client (a rate
       ``b / N_u`` per user would make the mechanism depend on ``N_u``, which adding or
       removing one interaction changes); a user with ``N_u`` interactions draws about
       ``q N_u`` rows per step;
-    - ``local_steps = ceil(local_epochs / q)`` (so ``q * steps >= local_epochs``: every client
-      sees each interaction ``local_epochs`` times in expectation), and likewise
-      ``personal_steps`` from ``personal_epochs`` (0 without personal parameters); the
-      personal phase uses the same rate;
+    - ``local_steps = ceil(local_epochs / q)`` (so ``q * steps >= local_epochs``: a client
+      with ``n_ref`` interactions sees each ``local_epochs`` times in expectation), and
+      likewise ``personal_steps`` from ``personal_epochs`` (0 without personal parameters);
+      the personal phase uses the same rate;
     - ``expected_batch_size = q * n_ref``: the public constant the noisy sum is divided by.
 
-    The median is a run-level hyperparameter computed from the data; it is not accounted
-    (as usual for hyperparameters). Pass ``reference_size`` from public knowledge to avoid it.
+    A client with more or fewer interactions than ``n_ref`` runs the same rate and steps, so
+    each of its interactions gets the planned ``(sigma, q, steps)`` and ``check_client``
+    admits it; only utility changes (larger users take larger steps, smaller ones smaller).
+    ``train_sizes`` sizes nothing: when given it is only checked (>= 1 interaction each).
     """
-    sizes = np.asarray(train_sizes, dtype=np.int64)
-    if sizes.size == 0 or sizes.min() < 1:
-        raise ValueError("train_sizes must list at least one user, each with >= 1 interaction")
-    if reference_size is None:
-        reference_size = max(1, int(np.median(sizes)))
+    if train_sizes is not None:
+        sizes = np.asarray(train_sizes, dtype=np.int64)
+        if sizes.size == 0 or sizes.min() < 1:
+            raise ValueError("train_sizes must list at least one user, each with >= 1 "
+                             "interaction")
     if isinstance(reference_size, bool) or not isinstance(reference_size, int | np.integer) \
             or reference_size < 1:
-        raise ValueError(f"reference_size = {reference_size!r} must be an integer >= 1")
+        raise ValueError(f"privacy.reference_size = {reference_size!r} must be an integer >= 1")
     n_ref, batch = int(reference_size), int(local_cfg.batch_size)
     if local_cfg.local_epochs < 1:
         raise UnsupportedClaimError(

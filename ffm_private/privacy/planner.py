@@ -9,7 +9,10 @@ charged, depends on the mode (see ``docs/privacy.md``):
     randomness the adversary does not see, so each round costs *every user still in the pool*
     one subsampled-Gaussian step ``(sigma, q, 1)``, whether or not they were sampled
     (amplification by sampling relies on hiding who took part). Charge basis: eligibility.
-    The worst case is a user in the pool for all ``rounds``.
+    The worst case is a user in the pool for all ``rounds``. With ``adaptive_clipping`` the
+    round also releases a noisy count of unclipped clients; the update noise is raised to
+    ``z_Delta`` so that both together cost exactly ``(sigma, q, 1)``
+    (:mod:`ffm_private.privacy.adaptive_clipping`).
 
 ``user`` + ``distributed`` (each client adds its share of the noise before masking)
     The server sees *who* sends a message, so sampling hides nothing from it: no amplification.
@@ -19,12 +22,14 @@ charged, depends on the mode (see ``docs/privacy.md``):
 
 ``example`` (DP-SGD on the client)
     Unit: one interaction. A participating client runs ``local_steps`` Poisson-sampled steps
-    with example rate ``b / N_user`` (the plan uses the largest rate any client uses), plus
-    ``personal_steps`` DP steps on the personal adapter if it is trained on the same data and
-    feeds the shared update. Rounds the client sits out touch none of its data, so only
-    participations are charged (the participation pattern is independent of the data). Client
-    sampling is *not* used for amplification: steps inside a round are correlated and the
-    server sees who participates. Worst case: ``max_participations`` (default ``rounds``).
+    with one example rate ``q = min(1, batch_size / reference_size)`` shared by every client
+    (``reference_size`` is public, see :func:`~ffm_private.privacy.dpsgd.example_plan_inputs`),
+    plus ``personal_steps`` DP steps at the same rate on the personal parameters if they are
+    trained on the same data and feed the shared update. Rounds the client sits out touch
+    none of its data, so only participations are charged (the participation pattern is
+    independent of the data). Client sampling is *not* used for amplification: steps inside
+    a round are correlated and the server sees who participates. Worst case:
+    ``max_participations`` (default ``rounds``).
 
 In every mode the per-user ledger (:mod:`ffm_private.privacy.ledger`) counts the charges a
 user actually incurred, so a user's recorded epsilon is at most the plan's.
@@ -51,6 +56,7 @@ from ffm_private.privacy.accounting import (
     epsilon_for_events,
     noise_for_epsilon_phases,
 )
+from ffm_private.privacy.adaptive_clipping import update_noise_multiplier
 from ffm_private.privacy.errors import AccountingError
 
 MODES = ("example", "user")
@@ -84,6 +90,8 @@ class PrivacyPlan:
     personal_steps: int = 0
     personal_rate: float = 0.0
     max_participations: int = 0
+    adaptive_clipping: bool = False
+    clip_count_noise: float = 0.0
     noise_multiplier: float = 0.0
     epsilon: float = field(default=0.0, init=False, compare=False)
 
@@ -117,6 +125,7 @@ class PrivacyPlan:
         if self.mode == "user" and self.noise_placement == "central" and self.max_participations:
             raise AccountingError("max_participations does not apply to user-level DP with "
                                   "central noise: every round costs every user in the pool")
+        self._check_adaptive_fields()
         if self.noise_multiplier:
             set_(self, "noise_multiplier", check_noise(self.noise_multiplier))
         else:
@@ -129,6 +138,39 @@ class PrivacyPlan:
                 f"noise_multiplier = {self.noise_multiplier} gives epsilon = {eps:.4f} > target "
                 f"{self.target_epsilon} at delta = {self.delta} ({self.accountant})")
         set_(self, "epsilon", eps)
+        if self.adaptive_clipping:  # refuses 2 sigma_b <= z
+            update_noise_multiplier(self.noise_multiplier, self.clip_count_noise)
+
+    def _check_adaptive_fields(self) -> None:
+        if not isinstance(self.adaptive_clipping, bool):
+            raise AccountingError(f"adaptive_clipping = {self.adaptive_clipping!r} must be "
+                                  "true or false")
+        if not self.adaptive_clipping:
+            if self.clip_count_noise:
+                raise AccountingError("clip_count_noise applies only with adaptive_clipping")
+            return
+        if self.mode != "user" or self.noise_placement != "central":
+            raise AccountingError("adaptive_clipping is supported for user-level DP with "
+                                  "central noise only (the server noises the clip count)")
+        c = self.clip_count_noise
+        if (isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c)
+                or c <= 0):
+            raise AccountingError(f"clip_count_noise = {c!r} must be a finite number > 0 "
+                                  "with adaptive_clipping")
+        object.__setattr__(self, "clip_count_noise", float(c))
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """Noise multiplier of the sum of updates: ``z``, or ``z_Delta`` with adaptive clipping.
+
+        With adaptive clipping the round releases the update sum with noise ``z_Delta C_t`` and
+        the clip count with noise ``clip_count_noise``; together they are the Gaussian
+        mechanism with multiplier ``noise_multiplier`` (Andrew et al. 2021, Theorem 1), which
+        is what the plan accounts and the ledger charges.
+        """
+        if not self.adaptive_clipping:
+            return self.noise_multiplier
+        return update_noise_multiplier(self.noise_multiplier, self.clip_count_noise)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -248,6 +290,9 @@ class PrivacyPlan:
                 what += (f" + {self.personal_steps} personal-adapter steps at rate "
                          f"{self.personal_rate:.4g}")
             what += f", at most {self.planned_charges} participations"
+        if self.adaptive_clipping:
+            what += (f", adaptive clipping (count noise {self.clip_count_noise:g}, update noise "
+                     f"multiplier {self.update_noise_multiplier:.4f})")
         return (f"{what}: noise multiplier {self.noise_multiplier:.4f} -> epsilon "
                 f"{self.epsilon:.3f} at delta {self.delta:g} ({self.accountant.upper()})")
 
@@ -330,12 +375,24 @@ def plot_epsilon_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path:
 # -- ``ffm-private budget`` ----------------------------------------------------------------
 BUDGET_EPILOG = """\
 examples:
+  ffm-private budget --config run.toml          # exactly the plan a run of run.toml makes
+  ffm-private budget --config run.toml --set privacy.target_epsilon=4 --noise 1.5 2
   ffm-private budget --epsilon 1 4 8 --rounds 100 --client-rate 0.1
   ffm-private budget --noise 0.8 1.0 1.5 --rounds 200 --client-rate 0.05 --plot eps.png
   ffm-private budget --mode example --epsilon 8 --rounds 30 --client-rate 1 \\
-      --local-steps 20 --example-rate 0.05
+      --local-steps 20 --example-rate 0.05 --personal-steps 20 --personal-rate 0.05
   ffm-private budget --placement distributed --epsilon 4 --rounds 50 --max-participations 10
 """
+
+_MECHANISM_FLAGS = {"mode": "--mode", "delta": "--delta", "rounds": "--rounds",
+                    "client_rate": "--client-rate", "accountant": "--accountant",
+                    "placement": "--placement", "local_steps": "--local-steps",
+                    "example_rate": "--example-rate", "personal_steps": "--personal-steps",
+                    "personal_rate": "--personal-rate",
+                    "max_participations": "--max-participations"}
+_FLAG_DEFAULTS = {"mode": "user", "delta": 1e-5, "client_rate": 1.0, "accountant": "prv",
+                  "placement": "central", "local_steps": 0, "example_rate": 0.0,
+                  "personal_steps": 0, "personal_rate": 0.0, "max_participations": 0}
 
 
 def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -344,27 +401,42 @@ def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
         "budget", help="plan a privacy budget: noise for a target epsilon, epsilon vs rounds",
         description="Print epsilon against rounds for target epsilons (the noise multiplier is "
         "searched once per target) or for given noise multipliers, and optionally plot it. "
-        "Figures are worst-case per user; see docs/privacy.md.",
+        "With --config, plan exactly what a run of that configuration plans (same function, "
+        "including example-level DP-SGD's shared and personal phases). Figures are worst-case "
+        "per user; see docs/privacy.md.",
         epilog=BUDGET_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=MODES, default="user",
+    p.add_argument("--config", "-c", metavar="TOML",
+                   help="run configuration: plan what its run plans (mechanism flags below "
+                   "then come from it and may not be given)")
+    p.add_argument("--set", "-s", action="append", metavar="SECTION.KEY=VALUE",
+                   help="with --config: override one config value (repeatable)")
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="user: one user's whole data is protected (DP-FedAvg); example: one "
                    "interaction (DP-SGD on the client). Default: user")
     p.add_argument("--epsilon", type=float, nargs="+", default=[], metavar="EPS",
                    help="target epsilon(s): search the noise multiplier for each")
     p.add_argument("--noise", type=float, nargs="+", default=[], metavar="SIGMA",
                    help="noise multiplier(s): report the epsilon each gives")
-    p.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
-    p.add_argument("--rounds", type=int, required=True, help="federated rounds")
-    p.add_argument("--client-rate", type=float, default=1.0,
+    p.add_argument("--delta", type=float, default=None, help="delta (default 1e-5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="federated rounds (required without --config)")
+    p.add_argument("--client-rate", type=float, default=None,
                    help="Poisson client sampling rate q per round (default 1.0)")
-    p.add_argument("--accountant", default="prv", help="prv (default, tight) or rdp")
-    p.add_argument("--placement", choices=PLACEMENTS, default="central",
+    p.add_argument("--accountant", default=None, help="prv (default, tight) or rdp")
+    p.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="user mode: central (trusted server) or distributed noise")
-    p.add_argument("--local-steps", type=int, default=0,
-                   help="example mode: DP-SGD steps per participation")
-    p.add_argument("--example-rate", type=float, default=0.0,
-                   help="example mode: largest per-example sampling rate b / N_user")
-    p.add_argument("--max-participations", type=int, default=0,
+    p.add_argument("--local-steps", type=int, default=None,
+                   help="example mode: DP-SGD steps on the shared parameters per participation")
+    p.add_argument("--example-rate", type=float, default=None,
+                   help="example mode: per-example sampling rate q, the same for every client "
+                   "(a run uses min(1, batch_size / privacy.reference_size))")
+    p.add_argument("--personal-steps", type=int, default=None,
+                   help="example mode: DP-SGD steps on the personal parameters per "
+                   "participation (0: none)")
+    p.add_argument("--personal-rate", type=float, default=None,
+                   help="example mode: sampling rate of the personal phase (a run uses the "
+                   "example rate)")
+    p.add_argument("--max-participations", type=int, default=None,
                    help="participation-charged modes: cap per user (default: rounds)")
     p.add_argument("--points", type=int, default=8, help="rows in the table (default 8)")
     p.add_argument("--plot", metavar="PNG", help="also save epsilon against rounds here")
@@ -372,27 +444,102 @@ def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def has_personal_parameters(model_cfg: Any) -> bool:
+    """Whether the configured model has personal parameters (they need no data to list)."""
+    from ffm_private.models import PERSONAL, build_model, params_of
+
+    return bool(params_of(build_model(model_cfg, n_items=2), PERSONAL))
+
+
+def config_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PrivacyPlan:
+    """The plan a run of this configuration makes, from the same function the run uses.
+
+    Rounds and client rate come from ``[federated]``, DP-SGD sizing from the local training
+    settings and ``privacy.reference_size``; no data is read.
+    """
+    from ffm_private import config as config_mod
+    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.simulation import local_config
+
+    cfg = config_mod.load(path, overrides)
+    privacy = PrivacyConfig.from_dict(cfg.privacy)
+    if not privacy.enabled:
+        raise config_mod.ConfigError(f"{path}: privacy.mode = 'none' has no privacy plan")
+    return privacy.run_plan(rounds=cfg.federated.rounds,
+                            client_rate=cfg.federated.client_fraction,
+                            local_cfg=local_config(cfg),
+                            has_personal=has_personal_parameters(cfg.model))
+
+
+def _plan_kwargs_of(plan: PrivacyPlan) -> dict[str, Any]:
+    """The mechanism of ``plan`` (everything but its noise and target)."""
+    skip = {"target_epsilon", "noise_multiplier", "epsilon"}
+    return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
+            if f.init and f.name not in skip}
+
+
+def _header(kw: Mapping[str, Any]) -> str:
+    head = (f"{kw['mode']}-level DP, delta={kw['delta']:g}, q={kw['client_rate']:g}, "
+            f"accountant={kw['accountant']}")
+    if kw["mode"] == "user":
+        head += f", {kw.get('noise_placement', 'central')} noise"
+    else:
+        head += f", {kw['local_steps']} steps/participation at rate {kw['example_rate']:g}"
+        if kw.get("personal_steps"):
+            head += f" + {kw['personal_steps']} personal steps at rate {kw['personal_rate']:g}"
+    return head + "\nworst-case epsilon of one user after the given number of rounds"
+
+
+def _flag_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The mechanism described by the command-line flags (no config)."""
+    if args.rounds is None:
+        raise AccountingError("--rounds is required without --config")
+    given = {k: getattr(args, k) for k in _MECHANISM_FLAGS}
+    v = {k: (_FLAG_DEFAULTS.get(k) if val is None else val) for k, val in given.items()}
+    kwargs: dict[str, Any] = dict(
+        mode=v["mode"], delta=v["delta"], rounds=v["rounds"], client_rate=v["client_rate"],
+        accountant=v["accountant"], max_participations=v["max_participations"])
+    if v["mode"] == "user":
+        kwargs["noise_placement"] = v["placement"]
+    else:
+        kwargs.update(local_steps=v["local_steps"], example_rate=v["example_rate"],
+                      personal_steps=v["personal_steps"], personal_rate=v["personal_rate"])
+    return kwargs
+
+
 def cmd_budget(args: argparse.Namespace) -> int:
     """Run ``ffm-private budget``: print the table (and save the plot when asked)."""
-    kwargs: dict[str, Any] = dict(
-        mode=args.mode, delta=args.delta, rounds=args.rounds, client_rate=args.client_rate,
-        accountant=args.accountant, max_participations=args.max_participations)
-    if args.mode == "user":
-        kwargs["noise_placement"] = args.placement
-    else:
-        kwargs.update(local_steps=args.local_steps, example_rate=args.example_rate)
+    from ffm_private.config import ConfigError, parse_override
+
     try:
-        curves = budget_curves(noise_multipliers=args.noise, targets=args.epsilon,
-                               points=curve_points(args.rounds, args.points), **kwargs)
-    except AccountingError as err:
+        lines: list[str] = []
+        if args.config:
+            clash = [flag for k, flag in _MECHANISM_FLAGS.items()
+                     if getattr(args, k) is not None]
+            if clash:
+                raise AccountingError(f"{clash[0]} comes from --config {args.config}; change "
+                                      "it there or with --set")
+            overrides = dict(parse_override(o) for o in args.set or [])
+            plan = config_plan(args.config, overrides)
+            kwargs = _plan_kwargs_of(plan)
+            lines.append(f"plan of {args.config}: {plan.describe()}")
+            curves = {f"run plan (sigma={plan.noise_multiplier:.3f})":
+                      epsilon_curve(plan, curve_points(plan.rounds, args.points))}
+            if args.noise or args.epsilon:
+                curves.update(budget_curves(noise_multipliers=args.noise, targets=args.epsilon,
+                                            points=curve_points(plan.rounds, args.points),
+                                            **kwargs))
+        else:
+            if args.set:
+                raise AccountingError("--set needs --config")
+            kwargs = _flag_kwargs(args)
+            curves = budget_curves(noise_multipliers=args.noise, targets=args.epsilon,
+                                   points=curve_points(kwargs["rounds"], args.points), **kwargs)
+    except (AccountingError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    header = (f"{args.mode}-level DP, delta={args.delta:g}, q={args.client_rate:g}, "
-              f"accountant={args.accountant}"
-              + (f", {args.placement} noise" if args.mode == "user" else
-                 f", {args.local_steps} steps/participation at rate {args.example_rate:g}")
-              + "\nworst-case epsilon of one user after the given number of rounds")
-    print(budget_table(curves, header))
+    header = _header(kwargs)
+    print("\n".join([*lines, budget_table(curves, header)]))
     if args.plot:
         out = plot_epsilon_curves(curves, args.plot, header.splitlines()[0])
         print(f"plot: {out}")
@@ -407,7 +554,9 @@ __all__ = [
     "budget_curves",
     "budget_table",
     "cmd_budget",
+    "config_plan",
     "curve_points",
     "epsilon_curve",
+    "has_personal_parameters",
     "plot_epsilon_curves",
 ]

@@ -80,18 +80,43 @@ def test_one_subsampled_step_matches_the_exact_hockey_stick(sigma, q):
     assert epsilon_for(sigma, q, 1, DELTA, "rdp") >= exact
 
 
-def test_prv_agrees_with_dp_accounting_pld():
-    dp_accounting = pytest.importorskip("dp_accounting")
+# PRV's reported figure is the upper end of its error interval, so it must not fall below an
+# independent (pessimistic) PLD bound by more than rounding, and sits at most 2 * eps_error above.
+PLD_SLACK = 1e-3
+
+
+def _pld_epsilon(sigma: float, q: float, steps: int) -> float:
+    pytest.importorskip("dp_accounting")
     from dp_accounting import dp_event
     from dp_accounting.pld import pld_privacy_accountant
 
-    for sigma, q, steps in SUBSAMPLED[:2]:
-        event = dp_event.SelfComposedDpEvent(
-            dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
-        pld = pld_privacy_accountant.PLDAccountant()
-        pld.compose(event)
-        assert epsilon_for(sigma, q, steps, DELTA, "prv") == pytest.approx(
-            pld.get_epsilon(DELTA), abs=PRV_TOL + 0.01), dp_accounting.__name__
+    event = dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    pld = pld_privacy_accountant.PLDAccountant()
+    pld.compose(event)
+    return float(pld.get_epsilon(DELTA))
+
+
+def check_prv_against_pld(prv: float, pld: float) -> None:
+    """One-sided: a PRV figure below Google's PLD bound would under-state epsilon."""
+    assert prv >= pld - PLD_SLACK, f"PRV epsilon {prv} is below the PLD bound {pld}"
+    assert prv <= pld + PRV_TOL, f"PRV epsilon {prv} is more than {PRV_TOL} above PLD {pld}"
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), SUBSAMPLED[:2] + [(1.5, 1.0, 10)])
+def test_prv_is_never_below_dp_accounting_pld(sigma, q, steps):
+    check_prv_against_pld(epsilon_for(sigma, q, steps, DELTA, "prv"),
+                          _pld_epsilon(sigma, q, steps))
+
+
+def test_pld_cross_check_rejects_a_prv_figure_below_the_bound():
+    pld = _pld_epsilon(*SUBSAMPLED[0])
+    lowered = epsilon_for(*SUBSAMPLED[0], DELTA, "prv") - 0.02  # still within 2 eps_error
+    assert abs(lowered - pld) <= PRV_TOL  # a two-sided tolerance would accept it
+    with pytest.raises(AssertionError, match="below the PLD bound"):
+        check_prv_against_pld(lowered, pld)
+    with pytest.raises(AssertionError, match="above PLD"):
+        check_prv_against_pld(pld + 2.5 * PRV_TOL, pld)
 
 
 def test_heterogeneous_composition_uses_the_accountant_history():

@@ -267,15 +267,17 @@ def _client_setup(kind: str = "ffm"):
 
 def test_plan_inputs_are_exact():
     cfg = LocalTrainingConfig(batch_size=16, local_epochs=1, personal_epochs=2)
-    got = example_plan_inputs([20, 40, 65, 100, 300], cfg)
+    got = example_plan_inputs([20, 40, 65, 100, 300], cfg, reference_size=65)
     assert got.reference_size == 65
+    # the users' sizes size nothing: the public reference does
+    assert example_plan_inputs([1, 1000], cfg, reference_size=65) == got
     assert got.example_rate == 16 / 65 and got.personal_rate == 16 / 65
     assert got.local_steps == 5 and got.personal_steps == 9  # ceil(65/16), ceil(130/16)
     assert got.expected_batch_size == pytest.approx(16.0)
     assert got.local_steps * got.example_rate >= 1 and got.personal_steps * got.personal_rate >= 2
-    exact = example_plan_inputs([64], cfg)
+    exact = example_plan_inputs([64], cfg, reference_size=64)
     assert (exact.local_steps, exact.personal_steps) == (4, 8)
-    big = example_plan_inputs([10, 12], LocalTrainingConfig(batch_size=256))
+    big = example_plan_inputs([10, 12], LocalTrainingConfig(batch_size=256), reference_size=11)
     assert (big.example_rate, big.local_steps, big.expected_batch_size) == (1.0, 1, 11.0)
     none = example_plan_inputs([30], cfg, has_personal=False)
     assert none.personal_steps == 0 and none.plan_kwargs()["personal_rate"] == 0.0
@@ -471,7 +473,8 @@ def test_dp_training_learns_beyond_popularity(tmp_path):
     personal = init.init_personal_states(split.n_users, 0)
     rounds = 5
     cfg = LocalTrainingConfig(batch_size=16, lr=0.01, personal_lr=0.05)
-    inputs = example_plan_inputs([len(t) for t in split.train], cfg)
+    # reference size 37: taken as public knowledge of these synthetic users (rate 16 / 37)
+    inputs = example_plan_inputs(None, cfg, reference_size=37)
     plan = PrivacyPlan.for_target(mode="example", target_epsilon=8.0, delta=1e-5, rounds=rounds,
                                   client_rate=1.0, **inputs.plan_kwargs())
     assert plan.epsilon <= 8.0

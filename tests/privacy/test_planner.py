@@ -150,3 +150,146 @@ def test_budget_command_prints_a_table_and_saves_a_plot(tmp_path, capsys):
     assert f"{epsilon_for(1.0, 0.2, 20, DELTA, 'rdp'):.3f}" in out
     bad = parser.parse_args(["budget", "--noise", "1.0", "--rounds", "20", "--accountant", "gdp"])
     assert bad.func(bad) == 2
+
+
+# -- example-level sizing comes from public settings, not from the users' data --------------
+def _prepared_example_plan(tmp_path, train_sizes, **privacy):
+    from ffm_private.client import LocalTrainingConfig
+    from ffm_private.privacy.run import RunPrivacy
+
+    raw = {"mode": "example", "noise_multiplier": 1.1, "noise_seed": 0, **privacy}
+    run = RunPrivacy.prepare(raw, tmp_path, user_ids=range(len(train_sizes)), rounds=5,
+                             client_fraction=0.5, protocol="plaintext",
+                             train_sizes=train_sizes,
+                             local_cfg=LocalTrainingConfig(batch_size=16, personal_epochs=1))
+    return run.plan, run.example_dp
+
+
+def test_changing_one_users_data_does_not_change_the_plan(tmp_path):
+    """An observer of plan.json (or of any client's rate) learns nothing about one user."""
+    sizes = [20, 30, 40, 50, 60]
+    neighbour = [20, 30, 41, 50, 60]  # one interaction added to the median user
+    far = [20, 30, 400, 500, 600]  # three users' data changed a lot
+    plans = [_prepared_example_plan(tmp_path / str(i), s) for i, s in
+             enumerate((sizes, neighbour, far))]
+    assert plans[0] == plans[1] == plans[2]
+    plan, dp = plans[0]
+    # what the plan publishes is the public reference size (100 by default), nothing else
+    assert plan.example_rate == 16 / 100 and plan.local_steps == 7 == plan.personal_steps
+    assert dp.expected_batch_size == pytest.approx(16.0)
+
+
+def test_reference_size_is_a_validated_public_setting():
+    from ffm_private.config import ConfigError
+    from ffm_private.privacy.config import DEFAULT_REFERENCE_SIZE, PrivacyConfig
+
+    base = {"mode": "example", "target_epsilon": 4.0}
+    assert PrivacyConfig.from_dict(base).reference_size == DEFAULT_REFERENCE_SIZE == 100
+    assert PrivacyConfig.from_dict({**base, "reference_size": 40}).reference_size == 40
+    for bad, message in [(0, ">= 1"), (2.5, "must be an integer"), (True, "must be an integer")]:
+        with pytest.raises(ConfigError, match=f"privacy.reference_size.*{message}"):
+            PrivacyConfig.from_dict({**base, "reference_size": bad})
+    with pytest.raises(ConfigError, match="reference_size applies to mode = 'example'"):
+        PrivacyConfig.from_dict({"mode": "user", "target_epsilon": 4.0, "reference_size": 40})
+
+
+def test_clients_of_any_size_are_covered_by_the_plan():
+    """More or fewer interactions than the reference: same rate and steps, admitted."""
+    import numpy as np
+    import torch
+
+    from ffm_private.client import ClientData, LocalTrainingConfig, train_client
+    from ffm_private.messages import GlobalModelMessage
+    from ffm_private.models import PERSONAL, SHARED, FFMRecommender, state_of
+    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.privacy.dpsgd import ExampleDP
+
+    cfg = PrivacyConfig.from_dict({"mode": "example", "noise_multiplier": 1.0,
+                                   "reference_size": 20})
+    local = LocalTrainingConfig(batch_size=8, personal_epochs=1)
+    inputs, example = cfg.run_inputs(rounds=3, client_rate=1.0, local_cfg=local)
+    plan = cfg.plan(**inputs)
+    dp = ExampleDP.from_plan(plan, clipping_norm=0.5,
+                             expected_batch_size=example.expected_batch_size)
+    torch.manual_seed(0)
+    model = FFMRecommender(60, 1, dim=8, history_length=4, global_rank=2).train()
+    message = GlobalModelMessage(1, state_of(model, SHARED))
+    personal = {k: v[0] for k, v in state_of(model, PERSONAL).items()}
+    for n_user in (3, 20, 59):
+        result = train_client(model, message, personal, ClientData(0, np.arange(n_user)),
+                              LocalTrainingConfig(batch_size=8, personal_epochs=1,
+                                                  example_dp=dp), 0,
+                              generator=torch.Generator().manual_seed(n_user))
+        plan.check_client(**result.dp.check_kwargs())
+        assert result.dp.events() == plan.charge_events()
+
+
+# -- adaptive clipping in the plan -----------------------------------------------------------
+ADAPTIVE = {"mode": "user", "target_epsilon": 4.0, "accountant": "rdp",
+            "adaptive_clipping": True, "clip_count_noise": 2.5,
+            "expected_clients_per_round": 50.0}
+
+
+def test_adaptive_clipping_keeps_the_plans_epsilon_and_is_recorded():
+    from ffm_private.privacy.adaptive_clipping import combined_noise_multiplier
+    from ffm_private.privacy.config import PrivacyConfig
+
+    fixed = PrivacyConfig.from_dict({"mode": "user", "target_epsilon": 4.0,
+                                     "accountant": "rdp"}).plan(rounds=50, client_rate=0.1)
+    plan = PrivacyConfig.from_dict(ADAPTIVE).plan(rounds=50, client_rate=0.1)
+    assert plan.noise_multiplier == fixed.noise_multiplier and plan.epsilon == fixed.epsilon
+    assert plan.charge_events() == fixed.charge_events()  # the ledger charges the same
+    assert plan.update_noise_multiplier > plan.noise_multiplier
+    assert combined_noise_multiplier(plan.update_noise_multiplier, 2.5) == \
+        pytest.approx(plan.noise_multiplier, rel=1e-12)
+    saved = plan.to_dict()
+    assert saved["adaptive_clipping"] is True and saved["clip_count_noise"] == 2.5
+    assert PrivacyPlan.from_dict(saved) == plan
+    assert "adaptive clipping" in plan.describe()
+    assert fixed.update_noise_multiplier == fixed.noise_multiplier
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"clip_count_noise": 0.0}, "clip_count_noise \\(> 0\\) is required"),
+    ({"expected_clients_per_round": 0.0}, "expected_clients_per_round"),
+    ({"clip_target_quantile": 1.0}, "clip_target_quantile"),
+    ({"clip_learning_rate": 0.0}, "clip_learning_rate"),
+    ({"noise_placement": "distributed", "min_survivors": 3}, "central' only"),
+    ({"adaptive_clipping": False}, "clip_count_noise is set but privacy.adaptive_clipping"),
+])
+def test_adaptive_clipping_settings_are_validated(extra, message):
+    from ffm_private.config import ConfigError
+    from ffm_private.privacy.config import PrivacyConfig
+
+    with pytest.raises(ConfigError, match=message):
+        PrivacyConfig.from_dict({**ADAPTIVE, **extra})
+
+
+def test_adaptive_clipping_with_too_little_count_noise_is_refused_by_the_plan():
+    from ffm_private.config import ConfigError
+    from ffm_private.privacy.config import PrivacyConfig
+
+    cfg = PrivacyConfig.from_dict({**ADAPTIVE, "target_epsilon": 0.0, "noise_multiplier": 3.0,
+                                   "clip_count_noise": 1.4})
+    with pytest.raises(ConfigError, match="2 \\* clip_count_noise > noise_multiplier"):
+        cfg.plan(rounds=10, client_rate=0.1)
+    with pytest.raises(AccountingError, match="central noise only"):
+        PrivacyPlan.for_noise(1.0, mode="example", delta=DELTA, rounds=2, client_rate=1.0,
+                              local_steps=1, example_rate=0.5, adaptive_clipping=True,
+                              clip_count_noise=1.0)
+
+
+def test_budget_command_plans_the_personal_phase(capsys):
+    parser = argparse.ArgumentParser()
+    add_budget_command(parser.add_subparsers())
+    args = parser.parse_args(["budget", "--mode", "example", "--noise", "1.0", "--rounds", "10",
+                              "--local-steps", "5", "--example-rate", "0.1",
+                              "--personal-steps", "5", "--personal-rate", "0.1",
+                              "--accountant", "rdp", "--points", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    both = epsilon_for_events([(1.0, 0.1, 100)], DELTA, "rdp")  # 10 x (5 + 5) steps
+    assert f"{both:.3f}" in out and "5 personal steps" in out
+    assert f"{epsilon_for(1.0, 0.1, 50, DELTA, 'rdp'):.3f}" not in out
+    helptext = parser._subparsers._group_actions[0].choices["budget"].format_help()
+    assert "N_user" not in helptext and "--personal-steps" in helptext
