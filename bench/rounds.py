@@ -26,7 +26,8 @@ from ffm_private.config import Config
 
 PRIVACY = {
     "none": {},
-    "user": {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5},
+    "user": {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5,
+             "expected_clients_per_round": 94.3},
     # one protected interaction among ~100k: delta 1e-5 needs the explicit override
     "example": {"mode": "example", "target_epsilon": 8.0, "clipping_norm": 0.1,
                 "allow_large_delta": True},

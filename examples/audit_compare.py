@@ -38,7 +38,9 @@ def scenarios(args: argparse.Namespace) -> dict[str, dict]:
         "baseline (plaintext, no DP)": base,
         f"user-level DP (epsilon {args.epsilon:g})": {
             **base, "privacy": {"mode": "user", "target_epsilon": args.epsilon,
-                                "delta": 1e-5, "clipping_norm": args.clip}},
+                                "delta": 1e-5, "clipping_norm": args.clip,
+                                # the public divisor: q (1.0) x the 300 users of the preset
+                                "expected_clients_per_round": 300.0}},
         "secure aggregation": {**base, "protocol.name": "secagg"},
     }
 

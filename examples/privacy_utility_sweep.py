@@ -142,8 +142,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if base.data.kind == "synthetic" and not base.data.path:  # generate the data once
         base = base.replace(**{"data.path": str(out / "data")})
-    results = sweep(base, args.epsilons,
-                    {"mode": args.mode, "clipping_norm": args.clipping_norm}, out, adaptive)
+    shared: dict[str, Any] = {"mode": args.mode, "clipping_norm": args.clipping_norm}
+    if args.mode == "user":  # central noise: the public divisor (q x the preset's user count)
+        users = 943 if args.preset == "ml100k" else 300
+        shared["expected_clients_per_round"] = (args.expected_clients
+                                                or base.federated.client_fraction * users)
+        if adaptive:
+            adaptive["expected_clients_per_round"] = shared["expected_clients_per_round"]
+    results = sweep(base, args.epsilons, shared, out, adaptive)
     (out / "sweep.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "privacy_utility.png", k=base.evaluation.k,
          label=f"{args.mode}-level DP")

@@ -63,7 +63,8 @@ class PrivacyConfig:
                                            "the public constant the noisy sum is divided by, "
                                            "typically q x the number of users you expect; "
                                            "never counted from the data, so one user more or "
-                                           "less cannot change the scale of the noise.")
+                                           "less cannot change the scale of the noise; also "
+                                           "the divisor of the adaptive-clipping count.")
     max_participations: int = _f(0, "example / distributed user mode: most rounds one user may "
                                  "take part in (0: all rounds); the plan is sized for it.")
     per_user_caps_file: str = _f("", "CSV (user,cap) or TOML ([caps] user = cap) with per-user "
@@ -78,10 +79,6 @@ class PrivacyConfig:
                              "min(1, batch_size / reference_size), the steps and the divisor; "
                              "users with more or fewer interactions run the same rate and "
                              "steps, so the plan covers them.")
-    expected_clients_per_round: float = _f(0.0, "user mode: public, data-independent expected "
-                                           "number of participants per round; the divisor of "
-                                           "the adaptive-clipping count (required with "
-                                           "adaptive_clipping).")
     adaptive_clipping: bool = _f(False, "user mode, central noise: the clipping norm tracks a "
                                  "quantile of the update norms from a noisy count of unclipped "
                                  "clients (Andrew et al. 2021); clipping_norm is the initial "
@@ -96,7 +93,8 @@ class PrivacyConfig:
                                  "noise multiplier; about 0.05 x expected_clients_per_round).")
     noise_seed: int = _f(-1, "Tests and demos only: draw noise and client sampling from this "
                          "fixed seed, so runs are reproducible and protect NOTHING (the summary "
-                         "says so). -1: secret randomness kept in <run_dir>/privacy/noise.key.")
+                         "says so). -1: each party's own secret (clients/<i>/secret.key, "
+                         "server/secret.key in the run directory).")
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -196,10 +194,6 @@ class PrivacyConfig:
         if self.mode != "example" and r != DEFAULT_REFERENCE_SIZE:
             raise ConfigError("privacy.reference_size applies to mode = 'example' (it sizes "
                               "DP-SGD on the client)")
-        _num("privacy.expected_clients_per_round", self.expected_clients_per_round,
-             allow_zero=True)
-        if self.mode != "user" and self.expected_clients_per_round:
-            raise ConfigError("privacy.expected_clients_per_round applies to mode = 'user'")
 
     def _validate_adaptive_clipping(self) -> None:
         keys = ("clip_target_quantile", "clip_learning_rate", "clip_count_noise")

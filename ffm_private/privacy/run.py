@@ -46,13 +46,7 @@ from ffm_private.client import LocalTrainingConfig
 from ffm_private.config import ConfigError
 from ffm_private.privacy.client_secrets import SERVER, MissingSecretError, SecretStore
 from ffm_private.privacy.config import PrivacyConfig
-from ffm_private.privacy.dpsgd import (
-    DPRunReport,
-    ExampleDP,
-    check_coverage,
-    example_plan_inputs,
-    torch_generator,
-)
+from ffm_private.privacy.dpsgd import DPRunReport, ExampleDP, torch_generator
 from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.guarantee import guarantee_statement
 from ffm_private.privacy.ledger import PrivacyLedger
@@ -129,15 +123,11 @@ class RunPrivacy:
         if not protected:
             raise ConfigError("every user is in the public pretraining split: nobody is left "
                               "to protect (lower data.public_fraction)")
-        inputs: dict[str, Any] = {"rounds": rounds, "client_rate": client_fraction}
-        example = None
+        inputs, example = cfg.run_inputs(rounds=rounds, client_rate=client_fraction,
+                                         local_cfg=local_cfg, has_personal=has_personal)
         if cfg.mode == "example":
-            if local_cfg is None or not len(train_sizes):
-                raise ValueError("example-level DP needs train_sizes and local_cfg")
-            example = example_plan_inputs(train_sizes, local_cfg, has_personal=has_personal)
-            check_coverage(has_personal=has_personal, personal_epochs=local_cfg.personal_epochs,
-                           personal_steps=example.personal_steps)
-            inputs.update(example.plan_kwargs())
+            if not len(train_sizes):
+                raise ValueError("example-level DP needs train_sizes (for the delta check)")
             cfg.check_delta_for(int(np.sum([train_sizes[c] for c in protected])))
         else:
             cfg.check_delta_for(len(protected))
@@ -374,6 +364,7 @@ def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> Priva
     expected = {"mode": cfg.mode, "delta": cfg.delta, "accountant": cfg.accountant, **inputs}
     if cfg.mode == "user":
         expected["noise_placement"] = cfg.noise_placement
+        expected["adaptive_clipping"] = cfg.adaptive_clipping
     stale = {k: (getattr(saved, k), v) for k, v in expected.items() if getattr(saved, k) != v}
     if stale:
         raise UnsupportedClaimError(f"{path} was planned for other settings {stale}: "

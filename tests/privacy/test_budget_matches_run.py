@@ -22,9 +22,10 @@ CASES = {
                                    "privacy": {**EXAMPLE, "accountant": "rdp"}},
     "user-central": {"federated.client_fraction": 0.5,
                      "privacy": {"mode": "user", "target_epsilon": 4.0, "accountant": "rdp",
-                                 "noise_seed": 3}},
+                                 "noise_seed": 3, "expected_clients_per_round": 40.0}},
     "user-noise": {"federated.client_fraction": 0.3,
-                   "privacy": {"mode": "user", "noise_multiplier": 1.3, "noise_seed": 3}},
+                   "privacy": {"mode": "user", "noise_multiplier": 1.3, "noise_seed": 3,
+                               "expected_clients_per_round": 24.0}},
 }
 
 
@@ -62,7 +63,6 @@ def test_budget_config_plan_is_the_runs_plan(case, tiny_config, tmp_path, capsys
         assert run["personal_steps"] > 0 and "personal" in out
 
 
-@pytest.mark.xfail(strict=True, reason="the run does not read privacy.reference_size yet")
 def test_budget_and_run_agree_on_a_configured_reference_size(tiny_config, tmp_path):
     cfg = tiny_config.replace(**{"federated.batch_size": 16,
                                  "privacy": {**EXAMPLE, "target_epsilon": 0.0,
