@@ -125,7 +125,7 @@ class SecureGenerator:
         return self._enc.update(bytes(length))
 
     def _uint64(self, n: int) -> np.ndarray:
-        return np.frombuffer(self.bytes(8 * n), dtype="<u8").astype(np.uint64)
+        return np.frombuffer(self.bytes(8 * n), dtype="<u8").astype(np.uint64, copy=False)
 
     # -- numpy-like draws ---------------------------------------------------------------------
     def random(self, size: Any = None) -> Any:
