@@ -165,9 +165,9 @@ def check_survivors(survivors: int, min_survivors: int) -> None:
 
 def _party(client: int | str) -> tuple[str, int | str]:
     """The label part naming a client (ints and strs are tagged apart: 7 != "7")."""
-    if isinstance(client, bool) or not isinstance(client, int | str):
+    if isinstance(client, bool) or not isinstance(client, int | np.integer | str):
         raise TypeError("client id must be an int or str")
-    return ("client-int", client) if isinstance(client, int) else ("client-str", client)
+    return ("client-str", client) if isinstance(client, str) else ("client-int", int(client))
 
 
 def _check_int(name: str, value: int) -> int:

@@ -94,6 +94,8 @@ def test_a_client_named_server_does_not_get_the_central_noise_stream():
         assert not np.array_equal(source.generator(4, client, purpose).normal(size=64), central)
     assert not np.array_equal(source.generator(4, 7).normal(size=64),
                               source.generator(4, "7").normal(size=64))
+    np.testing.assert_array_equal(source.generator(4, np.int64(7)).normal(size=8),
+                                  source.generator(4, 7).normal(size=8))
 
 
 def test_noise_source_streams_are_the_documented_keystream():
