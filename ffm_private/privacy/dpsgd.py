@@ -3,15 +3,25 @@
 The protected unit is one training interaction of one user. One DP-SGD *phase* trains a set
 of parameters for a fixed number of steps; each step
 
-1. Poisson-samples the user's training interactions with a fixed rate ``q`` (Opacus's
-   ``UniformWithReplacementSampler``, driven by the caller's ``torch.Generator``);
+1. Poisson-samples the user's training interactions with a fixed rate ``q`` (each one
+   independently, from the secure sampling stream of the :class:`DPGenerator`);
 2. turns each sampled interaction into exactly one training row: the positive item, fresh
-   negatives drawn uniformly from the other items (from the same generator, so they depend
-   on nothing but that row's own item), and an **empty history** (all padding), so that no
-   row reads any other interaction;
+   negatives drawn uniformly from the other items (from the secure negatives stream, so they
+   depend on nothing but that row's own item), and an **empty history** (all padding), so
+   that no row reads any other interaction;
 3. computes per-row gradients, clips each to L2 norm ``C`` and adds ``N(0, (sigma C)^2)`` to
-   their sum (Opacus ``DPOptimizer``; the noise comes from the caller's generator), divides
-   by a public constant (``expected_batch_size``) and takes an Adam step.
+   their sum (Opacus ``DPOptimizer`` for clipping; the noise is float64 from the secure noise
+   stream, cast to the parameter's dtype), divides by a public constant
+   (``expected_batch_size``) and takes an Adam step.
+
+Randomness: :func:`torch_generator` gives a :class:`DPGenerator`, a ``torch.Generator`` that
+carries three ChaCha20 streams (:mod:`ffm_private.privacy.secure_random`) derived from the
+client's :class:`~ffm_private.privacy.mechanisms.NoiseSource` stream: the Poisson sample, the
+negatives and the Gaussian noise. All three must be secret (which rows were sampled, and
+which negatives each got, are part of the mechanism's randomness). Its MT19937 state draws
+nothing on this path, and Opacus's own noise draw (``torch.normal`` on the generator) is never
+used. A plain ``torch.Generator`` (tests, benchmarks, audits) is accepted: the secure streams
+are then keyed by 256 bits drawn from it, so they are only as secret as its seed.
 
 The rate ``q``, the step counts and the normaliser are the same for every client and fixed
 once per run (:func:`example_plan_inputs`) from the training configuration and the public
@@ -42,6 +52,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +63,7 @@ from torch.nn import functional as F
 from ffm_private.privacy.accounting import GaussianEvent
 from ffm_private.privacy.config import DEFAULT_REFERENCE_SIZE
 from ffm_private.privacy.errors import UnsupportedClaimError
+from ffm_private.privacy.secure_random import SecureGenerator, context_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from ffm_private.client import LocalTrainingConfig
@@ -244,14 +256,89 @@ def example_plan_inputs(train_sizes: Sequence[int] | np.ndarray | None,
                              expected_batch_size=rate * n_ref, reference_size=n_ref)
 
 
-def torch_generator(source: NoiseSource, round_id: int, client: int | str) -> torch.Generator:
-    """The client's DP-SGD generator for ``round_id``, derived from the run's noise source.
+class DPGenerator(torch.Generator):
+    """A ``torch.Generator`` that carries the secure DP-SGD streams.
+
+    ``sampling`` draws the Poisson sample, ``negatives`` the rows' negatives and ``noise`` the
+    Gaussian noise (each a :class:`~ffm_private.privacy.secure_random.SecureGenerator`). It is
+    a ``torch.Generator`` so that callers can pass it where one is expected; its MT19937 state
+    (seeded from the secure stream) draws nothing in this module. Build it with
+    :func:`torch_generator` or :func:`as_dp_generator`.
+    """
+
+    sampling: SecureGenerator
+    negatives: SecureGenerator
+    noise: SecureGenerator
+
+
+def _dp_generator(root: SecureGenerator) -> DPGenerator:
+    """Split ``root`` into the sampling, negatives and noise streams (and an MT19937 seed)."""
+    secret = root.bytes(32)
+    gen = DPGenerator()
+    gen.manual_seed(int(root.integers(0, 2**63)))
+    gen.sampling = SecureGenerator.from_secret(secret, context_label("dp-sgd", "poisson"))
+    gen.negatives = SecureGenerator.from_secret(secret, context_label("dp-sgd", "negatives"))
+    gen.noise = SecureGenerator.from_secret(secret, context_label("dp-sgd", "gaussian-noise"))
+    return gen
+
+
+def as_dp_generator(generator: torch.Generator) -> DPGenerator:
+    """``generator`` itself if it is a :class:`DPGenerator`, else one keyed from its draws.
+
+    The second case is for tests and benchmarks: 256 bits drawn from the MT19937 state key
+    the secure streams, which are then no more secret than that state.
+    """
+    if isinstance(generator, DPGenerator):
+        return generator
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"DP-SGD needs a torch.Generator (dpsgd.torch_generator), got "
+                        f"{type(generator).__name__}")
+    key = bytes(torch.randint(0, 256, (32,), dtype=torch.uint8, generator=generator).tolist())
+    return _dp_generator(SecureGenerator.from_secret(key, context_label("dp-sgd", "torch-seed")))
+
+
+def torch_generator(source: NoiseSource, round_id: int, client: int | str) -> DPGenerator:
+    """The client's DP-SGD generator for ``round_id``, derived from its noise source.
 
     Replaying a round gives the same generator, hence the same sampling, negatives, noise and
-    update. ``torch.Generator`` (MT19937) takes a 64-bit seed: 64 bits of the secret stream.
+    update. Sampling, negatives and noise come from ChaCha20 streams keyed from the client's
+    secret :class:`~ffm_private.privacy.mechanisms.NoiseSource` stream.
     """
-    seed = int(source.generator(round_id, client, DP_GENERATOR_PURPOSE).integers(0, 2**63))
-    return torch.Generator().manual_seed(seed)
+    return _dp_generator(source.generator(round_id, client, DP_GENERATOR_PURPOSE))
+
+
+def secure_gaussian_like(reference: torch.Tensor, std: float,
+                         rng: SecureGenerator) -> torch.Tensor:
+    """``N(0, std^2)`` noise shaped like ``reference``: float64 from ``rng``, then cast."""
+    if std == 0:
+        return torch.zeros_like(reference)
+    noise = rng.normal(0.0, float(std), tuple(reference.shape))
+    return torch.from_numpy(noise).to(dtype=reference.dtype, device=reference.device)
+
+
+@lru_cache(maxsize=2)
+def _secure_optimizer(ghost: bool) -> type:
+    """Opacus's DP optimizer (or its ghost-clipping variant) with the secure noise draw."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    base = DPOptimizerFastGradientClipping if ghost else DPOptimizer
+
+    class SecureNoiseDPOptimizer(base):  # type: ignore[misc, valid-type]
+        """Clipping and scaling as Opacus does; the noise from :attr:`noise_stream`."""
+
+        noise_stream: SecureGenerator
+
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                noise = secure_gaussian_like(p.summed_grad, std, self.noise_stream)
+                p.grad = (p.summed_grad + noise).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    SecureNoiseDPOptimizer.__name__ = f"SecureNoise{base.__name__}"
+    return SecureNoiseDPOptimizer
 
 
 # -- which parameters each phase trains -------------------------------------------------------
@@ -308,12 +395,16 @@ def make_rows(positives: torch.Tensor, n_items: int, history_length: int, num_ne
     """Rows for ``positives``: fresh uniform negatives (never the row's own item), no history.
 
     Each row depends only on its own interaction and on the generator, so removing an
-    interaction removes exactly one row and changes no other.
+    interaction removes exactly one row and changes no other. A :class:`DPGenerator` draws the
+    negatives from its secure stream; a plain ``torch.Generator`` (tests) from MT19937.
     """
     n = positives.shape[0]
     if n_items < 2:
         raise ValueError("example-level DP-SGD needs at least 2 items to draw negatives")
-    neg = torch.randint(0, n_items - 1, (n, num_negatives), generator=generator)
+    if isinstance(generator, DPGenerator):
+        neg = torch.from_numpy(generator.negatives.integers(0, n_items - 1, (n, num_negatives)))
+    else:
+        neg = torch.randint(0, n_items - 1, (n, num_negatives), generator=generator)
     neg = neg + (neg >= positives[:, None]).long()  # skip the positive: uniform over the rest
     items = torch.cat([positives[:, None], neg], dim=1)
     labels = torch.zeros(items.shape, dtype=torch.float32)
@@ -412,7 +503,6 @@ class DPStepper:
                  optimizer: str = "adam", accountant: Any = None,
                  sample_rate: float | None = None) -> None:
         from opacus.grad_sample import GradSampleHooks, GradSampleHooksFastGradientClipping
-        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
         self.model, self.params = model, dict(params)
         self.plist = list(self.params.values())
@@ -431,11 +521,14 @@ class DPStepper:
             base = torch.optim.SGD(self.plist, lr=lr)
         else:
             raise ValueError(f"optimizer = {optimizer!r} must be one of {list(OPTIMIZERS)}")
-        opt_cls = DPOptimizerFastGradientClipping if self.engine == "ghost" else DPOptimizer
+        self.generator = as_dp_generator(generator)
+        opt_cls = _secure_optimizer(self.engine == "ghost")
+        # generator=None: Opacus's torch.normal draw is replaced by the secure one (add_noise)
         self.optimizer = opt_cls(base, noise_multiplier=noise_multiplier,
                                  max_grad_norm=clipping_norm,
                                  expected_batch_size=expected_batch_size, loss_reduction="mean",
-                                 generator=generator)
+                                 generator=None)
+        self.optimizer.noise_stream = self.generator.noise
         if accountant is not None:
             if sample_rate is None:
                 raise ValueError("an accountant needs the phase's sample_rate")
@@ -507,30 +600,30 @@ def run_dp_phase(model: nn.Module, params: Mapping[str, nn.Parameter], positives
                  accountant: Any = None) -> PhaseOutcome:
     """Train ``params`` (which alone require grad) with DP-SGD on rows built from ``positives``.
 
-    ``model`` must be in training mode. Randomness, in order per step: the Poisson sample,
-    the negatives of the sampled rows, the noise, all from ``generator``. ``accountant`` (an
+    ``model`` must be in training mode. Randomness, per step: the Poisson sample, the
+    negatives of the sampled rows and the noise, each from its own secure stream of
+    ``generator`` (see :func:`as_dp_generator`). ``accountant`` (an
     Opacus accountant) is a cross-check for tests; the claim comes from the plan.
     """
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
     pos = torch.as_tensor(np.asarray(positives, dtype=np.int64))
     if pos.ndim != 1 or len(pos) == 0:
         raise ValueError("positives must be a non-empty 1-d array of item ids")
     n_items = int(model.n_items)
     length = int(getattr(model, "history_length", 1))
-    sampler = UniformWithReplacementSampler(num_samples=len(pos), sample_rate=sample_rate,
-                                            generator=generator, steps=steps)
+    gen = as_dp_generator(generator)
     total, rows_seen, empty = 0.0, 0, 0
     with DPStepper(model, params, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
-                   expected_batch_size=expected_batch_size, lr=lr, generator=generator,
+                   expected_batch_size=expected_batch_size, lr=lr, generator=gen,
                    engine=engine, optimizer=optimizer, accountant=accountant,
                    sample_rate=sample_rate) as stepper:
-        for idx in sampler:
-            if not idx:
+        for _ in range(steps):
+            # Poisson sampling: each interaction independently with probability q
+            idx = np.flatnonzero(gen.sampling.random(len(pos)) < sample_rate)
+            if idx.size == 0:
                 empty += 1
                 stepper.step(None)
                 continue
-            rows = make_rows(pos[torch.tensor(idx)], n_items, length, num_negatives, generator)
+            rows = make_rows(pos[torch.from_numpy(idx)], n_items, length, num_negatives, gen)
             total += float(stepper.step(rows).sum())
             rows_seen += len(rows)
     return PhaseOutcome(steps=steps, sample_rate=sample_rate, empty_steps=empty, rows=rows_seen,
@@ -541,12 +634,14 @@ __all__ = [
     "DP_GENERATOR_PURPOSE",
     "ENGINES",
     "OPTIMIZERS",
+    "DPGenerator",
     "DPRunReport",
     "DPStepper",
     "ExampleDP",
     "ExamplePlanInputs",
     "PhaseOutcome",
     "RowBatch",
+    "as_dp_generator",
     "check_coverage",
     "choose_engine",
     "example_plan_inputs",
@@ -555,6 +650,7 @@ __all__ = [
     "make_rows",
     "row_losses",
     "run_dp_phase",
+    "secure_gaussian_like",
     "strip_opacus",
     "torch_generator",
 ]

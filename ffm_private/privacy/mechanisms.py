@@ -5,34 +5,45 @@ without importing torch here. Outputs are float64.
 
 Noise randomness (see ``docs/privacy.md``, "Randomness"):
 
-- Production: :class:`NoiseSource` draws 256 bits from ``os.urandom`` as the root entropy and
-  derives one independent numpy stream per ``(round, client)`` with ``np.random.SeedSequence``
-  spawn keys. The root entropy is secret; :meth:`NoiseSource.persistent` keeps it in a 0600
-  file of the run directory so that a round replayed after a crash re-sends the *same* noisy
-  update (a different one would be a second release of the same data).
+- Production: :class:`NoiseSource` holds a 32-byte secret (``os.urandom``, or the caller's
+  via :meth:`NoiseSource.from_secret`) and derives one
+  :class:`~ffm_private.privacy.secure_random.SecureGenerator` (ChaCha20 keyed by
+  HKDF-SHA256 of the secret and the label ``(round, party, purpose)``) per stream.
+  :meth:`NoiseSource.persistent` keeps the secret in a 0600 file so that a round replayed
+  after a crash re-sends the *same* noisy update (a different one would be a second release
+  of the same data).
 - Tests: ``NoiseSource(test_seed=...)`` is reproducible and therefore offers **no privacy**;
   :attr:`NoiseSource.is_test_seeded` lets the run summary say so.
 
-PCG64 (numpy's generator) is not a cryptographic PRG: its seed is unpredictable, but its
-outputs are not proven indistinguishable from random, and floating-point Gaussian sampling
-has the known least-significant-bit weakness (Mironov 2012). Masks and keys of the secure
-aggregation protocols never use this module.
+The noise functions take any generator with numpy's ``random``/``normal`` (audits pass numpy
+generators for speed); the streams of a run come from :class:`NoiseSource`. The Gaussian is
+float64 Box-Muller: see the floating-point caveat in :mod:`ffm_private.privacy.secure_random`.
+Masks and keys of the secure aggregation protocols never use this module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ffm_private.privacy.errors import InsufficientNoiseError
+from ffm_private.privacy.secure_random import SECRET_BYTES, SecureGenerator, context_label
 
-_ENTROPY_BYTES = 32
+_ENTROPY_BYTES = SECRET_BYTES
+_STREAM_DOMAIN = "ffm-private/noise-source/v1"
+
+
+class NoiseRNG(Protocol):
+    """What the noise functions draw from: a :class:`SecureGenerator` or numpy's Generator."""
+
+    def random(self, size: Any = None) -> Any: ...
+
+    def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any: ...
 
 
 def to_numpy(vec: Any) -> np.ndarray:
@@ -96,14 +107,14 @@ def central_noise_std(noise_multiplier: float, clipping_norm: float) -> float:
 
 
 def add_central_noise(total: Any, noise_multiplier: float, clipping_norm: float,
-                      rng: np.random.Generator) -> np.ndarray:
+                      rng: NoiseRNG) -> np.ndarray:
     """The sum of clipped updates plus ``N(0, (sigma C)^2)`` per coordinate (trusted server)."""
     arr = to_numpy(total)
     return arr + rng.normal(0.0, central_noise_std(noise_multiplier, clipping_norm), arr.shape)
 
 
 def dp_sum(updates: Sequence[Any], noise_multiplier: float, clipping_norm: float,
-           rng: np.random.Generator) -> np.ndarray:
+           rng: NoiseRNG) -> np.ndarray:
     """Central user-level DP sum: clip each update to ``C``, sum, add ``N(0, (sigma C)^2)``."""
     if not updates:
         raise ValueError("dp_sum needs at least one update")
@@ -126,7 +137,7 @@ def distributed_noise_std(noise_multiplier: float, clipping_norm: float,
 
 
 def add_distributed_noise(update: Any, noise_multiplier: float, clipping_norm: float,
-                          min_survivors: int, rng: np.random.Generator) -> np.ndarray:
+                          min_survivors: int, rng: NoiseRNG) -> np.ndarray:
     """One client's share: its (already clipped) update plus ``N(0, (sigma C)^2 / m)``."""
     arr = to_numpy(update)
     std = distributed_noise_std(noise_multiplier, clipping_norm, min_survivors)
@@ -152,20 +163,27 @@ def check_survivors(survivors: int, min_survivors: int) -> None:
             "must not be released (discard the round)")
 
 
-def _client_key(client: int | str) -> int:
-    if isinstance(client, bool):
+def _party(client: int | str) -> tuple[str, int | str]:
+    """The label part naming a client (ints and strs are tagged apart: 7 != "7")."""
+    if isinstance(client, bool) or not isinstance(client, int | np.integer | str):
         raise TypeError("client id must be an int or str")
-    if isinstance(client, int) and client >= 0:
-        return client
-    digest = hashlib.sha256(f"client:{client}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") | (1 << 64)  # disjoint from small int ids
+    return ("client-str", client) if isinstance(client, str) else ("client-int", int(client))
+
+
+def _check_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} = {value!r} must be a non-negative integer")
+    return int(value)
 
 
 class NoiseSource:
-    """Independent, reproducible-within-a-run noise streams, one per ``(round, client)``.
+    """Independent, reproducible-within-a-run secure streams, one per ``(round, party, purpose)``.
 
-    Without ``test_seed`` the root entropy comes from ``os.urandom`` (256 bits); with it the
-    streams are reproducible and the noise protects nothing (tests only).
+    The secret is 32 bytes: from ``os.urandom`` by default, from ``entropy`` (an int below
+    ``2**256``, e.g. read back from a key file), from :meth:`from_secret`, or from
+    ``test_seed`` (reproducible: the noise then protects nothing, tests only). Each stream is a
+    :class:`~ffm_private.privacy.secure_random.SecureGenerator`; whoever lacks the secret
+    cannot predict any stream, even after seeing all the others.
     """
 
     def __init__(self, *, test_seed: int | None = None, entropy: int | None = None) -> None:
@@ -174,16 +192,32 @@ class NoiseSource:
         if test_seed is not None:
             if isinstance(test_seed, bool) or not isinstance(test_seed, int) or test_seed < 0:
                 raise ValueError(f"test_seed = {test_seed!r} must be a non-negative integer")
-            self._entropy = test_seed
+            value = test_seed
         elif entropy is not None:
-            self._entropy = int(entropy)
+            if isinstance(entropy, bool) or not isinstance(entropy, int | np.integer):
+                raise ValueError("entropy must be an integer")
+            value = int(entropy)
         else:
-            self._entropy = int.from_bytes(os.urandom(_ENTROPY_BYTES), "big")
+            value = int.from_bytes(os.urandom(_ENTROPY_BYTES), "big")
+        if not 0 <= value < 1 << (8 * _ENTROPY_BYTES):
+            raise ValueError(f"test_seed / entropy must satisfy 0 <= value < 2**"
+                             f"{8 * _ENTROPY_BYTES}")
+        self._secret = value.to_bytes(_ENTROPY_BYTES, "big")
         self.is_test_seeded = test_seed is not None
 
     @classmethod
+    def from_secret(cls, secret: bytes) -> NoiseSource:
+        """The streams of a party that holds ``secret`` (exactly 32 bytes, kept private)."""
+        if not isinstance(secret, bytes | bytearray):
+            raise ValueError(f"a noise secret is {_ENTROPY_BYTES} bytes, got "
+                             f"{type(secret).__name__}")
+        if len(secret) != _ENTROPY_BYTES:
+            raise ValueError(f"a noise secret is {_ENTROPY_BYTES} bytes, got {len(secret)}")
+        return cls(entropy=int.from_bytes(bytes(secret), "big"))
+
+    @classmethod
     def persistent(cls, path: str | Path) -> NoiseSource:
-        """Load the run's secret root entropy from ``path``, creating it (mode 0600) if absent.
+        """Load the secret from ``path``, creating it (32 random bytes, mode 0600) if absent.
 
         Keeping it lets a replayed round regenerate exactly the noise it already released.
         """
@@ -209,25 +243,27 @@ class NoiseSource:
         if len(raw) != _ENTROPY_BYTES:
             raise ValueError(f"{path}: expected {_ENTROPY_BYTES} bytes of noise entropy, "
                              f"found {len(raw)}")
-        return cls(entropy=int.from_bytes(raw, "big"))
+        return cls.from_secret(raw)
 
-    def generator(self, round_id: int, client: int | str, purpose: int = 0) -> np.random.Generator:
+    def _stream(self, round_id: int, party: tuple[str, int | str], purpose: int
+                ) -> SecureGenerator:
+        label = context_label(_STREAM_DOMAIN, "round", _check_int("round_id", round_id),
+                              *party, "purpose", _check_int("purpose", purpose))
+        return SecureGenerator.from_secret(self._secret, label)
+
+    def generator(self, round_id: int, client: int | str, purpose: int = 0) -> SecureGenerator:
         """The stream of ``client`` in ``round_id`` (``purpose`` separates uses within it)."""
-        if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
-            raise ValueError(f"round_id = {round_id!r} must be a non-negative integer")
-        seq = np.random.SeedSequence(self._entropy,
-                                     spawn_key=(round_id, _client_key(client), int(purpose)))
-        return np.random.Generator(np.random.PCG64(seq))
+        return self._stream(round_id, _party(client), purpose)
 
-    def server_generator(self, round_id: int) -> np.random.Generator:
+    def server_generator(self, round_id: int) -> SecureGenerator:
         """The stream for central noise in ``round_id`` (disjoint from every client's)."""
-        return self.generator(round_id, "server", purpose=1)
+        return self._stream(round_id, ("server", "central-noise"), 1)
 
-    def __repr__(self) -> str:  # never print the entropy
+    def __repr__(self) -> str:  # never print the secret
         return f"NoiseSource(test_seeded={self.is_test_seeded})"
 
 
-def poisson_sample(ids: Sequence[Any], rate: float, rng: np.random.Generator) -> list[Any]:
+def poisson_sample(ids: Sequence[Any], rate: float, rng: NoiseRNG) -> list[Any]:
     """Each id independently with probability ``rate`` (the sampling the accountant assumes).
 
     Amplification by sampling needs this randomness hidden from the adversary: draw it from a
@@ -240,6 +276,7 @@ def poisson_sample(ids: Sequence[Any], rate: float, rng: np.random.Generator) ->
 
 
 __all__ = [
+    "NoiseRNG",
     "NoiseSource",
     "add_central_noise",
     "add_distributed_noise",

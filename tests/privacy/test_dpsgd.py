@@ -214,6 +214,89 @@ def test_noise_is_added_once_per_step_not_per_row():
 
 
 # -- rows: one interaction, one row --------------------------------------------------------
+@pytest.mark.parametrize(("kind", "phase", "engine"), [
+    ("ffm", "shared", "hooks"), ("fedmf", "shared", "ghost"), ("ffm", "personal", "functorch"),
+])
+def test_noise_is_not_recoverable_from_the_torch_generator(kind, phase, engine):
+    """The adversary knows the MT19937 state of the round's ``torch.Generator`` (its 64-bit
+    seed, or 624 observed outputs) and replays Opacus's noise draw with it. It must recover
+    nothing: the noise comes from the secure stream, not from that generator."""
+    model = _ffm() if kind == "ffm" else _fedmf()
+    params = _phase_params(model, phase)
+    gen = torch_generator(NoiseSource(test_seed=4), 2, 9)
+    spy = torch.Generator()
+    spy.set_state(gen.get_state())
+    sigma, clip = 1.0, 1.0
+    with DPStepper(model, params, noise_multiplier=sigma, clipping_norm=clip,
+                   expected_batch_size=1.0, lr=1.0, generator=gen, engine=engine,
+                   optimizer="sgd") as stepper:
+        before = [p.detach().clone() for p in params.values()]
+        stepper.step(None)
+        noise = torch.cat([(b - p.detach()).flatten() for b, p in
+                           zip(before, params.values(), strict=True)]).double()
+    guess = torch.cat([torch.normal(0.0, sigma * clip, p.shape, generator=spy).flatten()
+                       for p in params.values()]).double()
+    assert noise.numel() > 50 and float(noise.std()) == pytest.approx(sigma * clip, rel=0.35)
+    corr = float(np.corrcoef(noise.numpy(), guess.numpy())[0, 1])
+    assert abs(corr) < 5 / np.sqrt(noise.numel()), corr
+
+
+def test_step_noise_is_the_secure_float64_draw():
+    """A second generator for the same (round, client) replays the noise stream: the step moved
+    the parameters by exactly that float64 draw (cast to float32)."""
+    model = _ffm()
+    params = _phase_params(model, "shared")
+    source = NoiseSource(test_seed=4)
+    sigma, clip = 1.3, 0.7
+    with DPStepper(model, params, noise_multiplier=sigma, clipping_norm=clip,
+                   expected_batch_size=1.0, lr=1.0, generator=torch_generator(source, 2, 9),
+                   optimizer="sgd") as stepper:
+        before = [p.detach().clone() for p in params.values()]
+        stepper.step(None)
+        moved = [b - p.detach() for b, p in zip(before, params.values(), strict=True)]
+    replay = torch_generator(source, 2, 9).noise
+    for p, m in zip(params.values(), moved, strict=True):
+        want = replay.normal(0.0, sigma * clip, tuple(p.shape))
+        np.testing.assert_allclose(m.double().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_and_negatives_are_not_recoverable_from_the_torch_generator(monkeypatch):
+    """The same adversary replays Opacus's Poisson sampler and the negatives' ``randint``: it
+    must learn neither which interactions the step sampled nor the negatives they got."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    import ffm_private.privacy.dpsgd as dpsgd
+
+    model = _ffm()
+    params = _phase_params(model, "shared")
+    gen = torch_generator(NoiseSource(test_seed=4), 2, 9)
+    spy = torch.Generator()
+    spy.set_state(gen.get_state())
+    seen: list[tuple[list[int], torch.Tensor]] = []
+    real = dpsgd.make_rows
+
+    def record(positives, *args, **kwargs):
+        rows = real(positives, *args, **kwargs)
+        seen.append((sorted(int(x) for x in positives), rows.items))
+        return rows
+
+    monkeypatch.setattr(dpsgd, "make_rows", record)
+    n, k = 200, 2
+    positives = np.arange(n) % N_ITEMS
+    run_dp_phase(model, params, positives, noise_multiplier=1.0, clipping_norm=1.0,
+                 sample_rate=0.5, steps=1, expected_batch_size=1.0, lr=0.1, num_negatives=k,
+                 generator=gen, optimizer="sgd")
+    guess = next(iter(UniformWithReplacementSampler(num_samples=n, sample_rate=0.5,
+                                                    generator=spy, steps=1)))
+    assert len(seen) == 1 and 60 < len(seen[0][0]) < 140
+    sampled, items = seen[0]
+    assert sampled != sorted(int(positives[i]) for i in guess)
+    # even told the true sample, the adversary's negatives (MT19937 replay) are wrong
+    neg = torch.randint(0, N_ITEMS - 1, (len(sampled), k), generator=spy)
+    neg = neg + (neg >= items[:, :1]).long()
+    assert float((neg == items[:, 1:]).double().mean()) < 0.1
+
+
 def test_rows_read_only_their_own_interaction():
     gen = torch.Generator().manual_seed(0)
     positives = torch.full((20000,), 3)

@@ -149,3 +149,15 @@ def test_poisson_sample_rate():
     assert chosen == sorted(set(chosen))
     with pytest.raises(ValueError):
         poisson_sample(ids, 0.0, np.random.default_rng(0))
+
+
+def test_every_noise_stream_is_the_secure_generator():
+    """No PCG64 left: client, server and sampling streams are ChaCha20 keystreams."""
+    from ffm_private.privacy.secure_random import SecureGenerator
+
+    for source in (NoiseSource(test_seed=0), NoiseSource(),
+                   NoiseSource.from_secret(bytes(32))):
+        for rng in (source.generator(0, 1), source.generator(2, "sampling", 3),
+                    source.server_generator(5)):
+            assert isinstance(rng, SecureGenerator)
+            assert not isinstance(rng, np.random.Generator)

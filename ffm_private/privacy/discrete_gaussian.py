@@ -1,0 +1,421 @@
+"""The distributed discrete Gaussian: integer noise shares for secure aggregation.
+
+References: P. Kairouz, Z. Liu, T. Steinke, "The Distributed Discrete Gaussian Mechanism for
+Federated Learning with Secure Aggregation", ICML 2021 (arXiv:2102.06387), called KLS below;
+C. Canonne, G. Kamath, T. Steinke, "The Discrete Gaussian for Differential Privacy", NeurIPS
+2020 (arXiv:2004.00010), called CKS.
+
+One client's share (KLS, Algorithm 1, without the random rotation):
+
+1. its update, already clipped to L2 norm ``C``, is scaled to the integer grid of step
+   ``gamma`` and rounded by :func:`conditional_rounding`, whose output norm never exceeds
+   :func:`rounded_norm_bound` (the sensitivity ``Delta`` in grid units);
+2. it adds ``d`` independent discrete Gaussians ``N_Z(0, s^2)`` (:func:`sample_discrete_gaussian`,
+   exact: integer arithmetic only, on the secure generator), ``s = local_sigma / gamma``;
+3. it reduces the result modulo ``2^bits`` (:func:`encode_modular`): wrap-around, never a clamp.
+
+The server sums the shares modulo ``2^bits`` and lifts the sum to the centred range
+(:func:`decode_modular`, :func:`decode_sum`). Nothing is floating point after step 1, so the
+release has no floating-point leakage and no unaccounted clamp.
+
+Privacy (:func:`ddg_rdp`, :func:`ddg_zcdp_epsilon`): with at least ``n`` honest shares in the
+sum and a neighbouring input that moves one client's rounded vector by at most ``Delta`` in L2
+(that client's rounded vector replaced by zero, its noise share unchanged), KLS Proposition 14
+bounds the Renyi divergence of order ``alpha >= 1`` by
+``min(alpha Delta^2 / (2 n s^2) + tau d, (alpha / 2) (Delta / (sqrt(n) s) + tau sqrt(d))^2)``
+with ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1))``, which gives ``eps^2 / 2``-zCDP
+for ``eps = min(sqrt(Delta^2 / (n s^2) + 2 tau d), Delta / (sqrt(n) s) + tau sqrt(d))``
+(KLS Theorem 1). More than ``n`` shares only add independent noise (post-processing).
+
+Not implemented here: the random rotation (flattening) of KLS, which only reduces how often a
+coordinate of the true sum wraps around (utility, not privacy), and the modular reduction's
+choice of ``gamma`` and ``bits``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ffm_private.privacy.accounting import GaussianEvent, check_accountant, check_steps
+from ffm_private.privacy.errors import AccountingError, PrivacyError
+from ffm_private.privacy.secure_random import SecureGenerator
+
+DEFAULT_BETA = math.exp(-0.5)
+"""The conditional-rounding constant KLS use: each try is accepted with probability >= 1 - beta."""
+
+MODULUS_BITS = 32
+"""Shares live in ``Z_{2^32}`` unless told otherwise."""
+
+_MAX_ROUNDING_TRIES = 1000
+
+
+class RoundingFailedError(PrivacyError):
+    """Conditional rounding found no rounding inside the norm bound (input not clipped?)."""
+
+
+# -- exact Bernoulli draws ---------------------------------------------------------------------
+def _as_objects(values: Any) -> np.ndarray:
+    return np.array([int(v) for v in np.ravel(values)], dtype=object)
+
+
+def _bernoulli(num: np.ndarray, den: np.ndarray, rng: SecureGenerator) -> np.ndarray:
+    """Exact ``Bernoulli(num / den)`` per element (``0 <= num <= den``, Python ints).
+
+    Compares a uniform ``U = 0.u1 u2 ...`` (64-bit digits from ``rng``) with ``num / den``
+    digit by digit: ``u1 < floor(2^64 num / den)`` decides 1, ``>`` decides 0, equality
+    (probability ``2^-64``) moves to the next digit with the remainder. No rounding anywhere.
+    """
+    out = np.zeros(num.size, dtype=bool)
+    todo = np.arange(num.size)
+    num, den = num.copy(), den.copy()
+    while todo.size:
+        digits = np.frombuffer(rng.bytes(8 * todo.size), dtype="<u8").astype(object)
+        scaled = num[todo] * (1 << 64)
+        q = scaled // den[todo]
+        less, more = digits < q, digits > q
+        out[todo[less.astype(bool)]] = True
+        same = ~(less.astype(bool) | more.astype(bool))
+        num[todo[same]] = (scaled - q * den[todo])[same]
+        todo = todo[same]
+    return out
+
+
+def _bernoulli_exp_small(num: np.ndarray, den: np.ndarray, rng: SecureGenerator) -> np.ndarray:
+    """Exact ``Bernoulli(exp(-num / den))`` for ``0 <= num / den <= 1`` (CKS Algorithm 1)."""
+    out = np.zeros(num.size, dtype=bool)
+    todo = np.arange(num.size)
+    k = 1
+    while todo.size:
+        a = _bernoulli(num[todo], den[todo] * k, rng)
+        out[todo[~a]] = k % 2 == 1  # stopped at K = k: exp(-gamma) is P(K odd)
+        todo = todo[a]
+        k += 1
+    return out
+
+
+def _bernoulli_exp(num: np.ndarray, den: np.ndarray, rng: SecureGenerator) -> np.ndarray:
+    """Exact ``Bernoulli(exp(-num / den))`` for any ``num / den >= 0`` (CKS Algorithm 1)."""
+    whole = np.array([int(v) for v in num // den], dtype=np.int64)
+    alive = np.ones(num.size, dtype=bool)
+    one_num, one_den = _as_objects(np.ones(num.size)), _as_objects(np.ones(num.size))
+    for j in range(int(whole.max()) if whole.size else 0):
+        idx = np.flatnonzero(alive & (whole > j))
+        if idx.size == 0:
+            break
+        alive[idx] = _bernoulli_exp_small(one_num[idx], one_den[idx], rng)  # exp(-1) each
+    idx = np.flatnonzero(alive)
+    if idx.size:
+        alive[idx] = _bernoulli_exp_small(num[idx] % den[idx], den[idx], rng)
+    return alive
+
+
+# -- the discrete Gaussian -----------------------------------------------------------------------
+def _sigma_sq_fraction(sigma_sq: int | float | Fraction) -> Fraction:
+    if isinstance(sigma_sq, bool):
+        raise ValueError("sigma_sq must be a number")
+    value = Fraction(sigma_sq)  # a float is taken exactly (it is a dyadic rational)
+    if not value > 0 or not math.isfinite(float(value)):
+        raise ValueError(f"sigma_sq = {sigma_sq!r} must be a finite number > 0")
+    return value
+
+
+def _discrete_laplace(t: int, m: int, rng: SecureGenerator) -> np.ndarray:
+    """Up to ``m`` exact draws of the discrete Laplace with scale ``t`` (CKS Algorithm 2)."""
+    u = rng.integers(0, t, m)
+    keep = _bernoulli_exp_small(_as_objects(u), _as_objects(np.full(m, t)), rng)
+    u = u[keep]
+    v = np.zeros(u.size, dtype=np.int64)
+    todo = np.arange(u.size)
+    ones = _as_objects(np.ones(u.size))
+    while todo.size:  # V geometric: count successes of Bernoulli(exp(-1))
+        a = _bernoulli_exp_small(ones[todo], ones[todo], rng)
+        v[todo[a]] += 1
+        todo = todo[a]
+    x = u + t * v
+    negative = rng.integers(0, 2, x.size).astype(bool)
+    ok = ~(negative & (x == 0))  # -0 would double the mass at 0
+    return np.where(negative, -x, x)[ok]
+
+
+def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Sequence[int],
+                             rng: SecureGenerator) -> np.ndarray:
+    """Exact draws of ``N_Z(0, sigma_sq)``: ``P[x] ~ exp(-x^2 / (2 sigma_sq))`` on the integers.
+
+    CKS Algorithm 3 (discrete Laplace proposals with ``t = floor(sigma) + 1``, accepted with
+    probability ``exp(-(|y| - sigma^2 / t)^2 / (2 sigma^2))``), vectorised, with every
+    Bernoulli drawn exactly from ``rng`` in integer arithmetic. ``sigma_sq`` is taken as an
+    exact rational (a float as the dyadic rational it is). The draws are int64.
+    """
+    s2 = _sigma_sq_fraction(sigma_sq)
+    shape = (int(size),) if isinstance(size, int | np.integer) else tuple(int(s) for s in size)
+    n = math.prod(shape)
+    a, b = s2.numerator, s2.denominator
+    t = math.isqrt(a // b) + 1  # floor(sigma) + 1, exactly
+    den = 2 * a * b * t * t  # (|y| - s2/t)^2 / (2 s2) = (|y| b t - a)^2 / (2 a b t^2)
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < n:
+        need = n - have
+        y = _discrete_laplace(t, max(2 * need, 16), rng)
+        gap = _as_objects(np.abs(y)) * (b * t) - a
+        accept = _bernoulli_exp(gap * gap, _as_objects(np.full(y.size, 1)) * den, rng)
+        got = y[accept][:need]
+        parts.append(got)
+        have += got.size
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return out.astype(np.int64).reshape(shape)
+
+
+def discrete_gaussian_pmf(sigma_sq: float, support: np.ndarray, tail: int = 0) -> np.ndarray:
+    """``exp(-x^2 / (2 sigma_sq))`` on ``support``, normalised over all integers (float64).
+
+    The normaliser sums ``|x| <= max(|support|) + tail`` plus enough terms that the rest is
+    below float precision; for tests and planning, never for sampling.
+    """
+    sigma = math.sqrt(float(sigma_sq))
+    reach = int(max(np.abs(support).max(initial=0) + tail, 40 * sigma + 40))
+    xs = np.arange(-reach, reach + 1, dtype=np.float64)
+    z = math.fsum(np.exp(-xs * xs / (2 * float(sigma_sq))))
+    s = np.asarray(support, dtype=np.float64)
+    return np.exp(-s * s / (2 * float(sigma_sq))) / z
+
+
+# -- rounding to the integer grid ---------------------------------------------------------------
+def _check_positive(name: str, value: float) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} = {value!r} must be a finite number > 0")
+    return float(value)
+
+
+def _check_beta(beta: float) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta = {beta!r} must satisfy 0 <= beta < 1")
+    return float(beta)
+
+
+def rounded_norm_bound(clip_norm: float, gamma: float, dim: int,
+                       beta: float = DEFAULT_BETA) -> float:
+    """The L2 bound of a conditionally rounded vector, in grid units (KLS, Theorem 1).
+
+    ``min(c + sqrt(d), sqrt(c^2 + d/4 + sqrt(2 ln(1/beta)) (c + sqrt(d)/2)))`` with
+    ``c = clip_norm / gamma`` (``beta = 0``: the first term, which any rounding meets). It is
+    also the L2 sensitivity ``Delta`` of one client's rounded vector in the sum.
+    """
+    c = _check_positive("clip_norm", clip_norm) / _check_positive("gamma", gamma)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim = {dim!r} must be an integer >= 1")
+    beta = _check_beta(beta)
+    first = c + math.sqrt(dim)
+    if beta == 0.0:
+        return first
+    second = math.sqrt(c * c + dim / 4 + math.sqrt(2 * math.log(1 / beta))
+                       * (c + math.sqrt(dim) / 2))
+    return min(first, second)
+
+
+def conditional_rounding(x: Any, clip_norm: float, gamma: float, rng: SecureGenerator,
+                         beta: float = DEFAULT_BETA) -> np.ndarray:
+    """Round ``x / gamma`` to integers, unbiasedly per coordinate, inside the norm bound.
+
+    ``x`` must already be clipped to ``clip_norm``. Each coordinate goes to its floor or
+    ceiling with the probability that makes it unbiased; the whole rounding is redrawn until
+    its exact integer squared norm is at most ``rounded_norm_bound(...)^2`` (KLS, Algorithm
+    1). The bound is what privacy rests on, and it is checked in exact integer arithmetic; the
+    rounding probabilities (53-bit uniforms against float64 fractions) only affect bias.
+    """
+    arr = np.asarray(x, dtype=np.float64).ravel()
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ValueError("x must be a non-empty finite vector")
+    c = _check_positive("clip_norm", clip_norm)
+    norm = float(np.linalg.norm(arr))
+    if norm > c * (1 + 1e-9):
+        raise ValueError(f"x has L2 norm {norm:.9g} > clip_norm {c:.9g}: clip it first")
+    bound = rounded_norm_bound(c, gamma, arr.size, beta)
+    limit = math.floor(bound * bound * (1 - 2.0**-40))  # conservative: float error can't lift it
+    scaled = arr / float(gamma)
+    low = np.floor(scaled)
+    frac = scaled - low
+    base = low.astype(np.int64)
+    for _ in range(_MAX_ROUNDING_TRIES):
+        out = base + (rng.random(arr.size) < frac).astype(np.int64)
+        if sum(int(v) * int(v) for v in out) <= limit:
+            return out
+    raise RoundingFailedError(f"no rounding within norm {bound:.6g} in {_MAX_ROUNDING_TRIES} "
+                              f"tries (dim {arr.size}, beta {beta})")
+
+
+# -- accounting ---------------------------------------------------------------------------------
+def _check_clients(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n = {n!r} (honest shares in the sum) must be an integer >= 1")
+    return n
+
+
+def ddg_tau(local_sigma: float, n: int) -> float:
+    """KLS's ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1))`` (``s``: grid units).
+
+    It measures how far a sum of ``n`` discrete Gaussians is from one discrete Gaussian;
+    0 for ``n = 1``.
+    """
+    s = _check_positive("local_sigma", local_sigma)
+    k = np.arange(1, _check_clients(n), dtype=np.float64)
+    return 10.0 * math.fsum(np.exp(-2.0 * math.pi**2 * s * s * k / (k + 1)))
+
+
+def ddg_rdp(alpha: float, sensitivity: float, local_sigma: float, n: int, dim: int) -> float:
+    """Renyi DP of order ``alpha`` of the sum of ``n`` shares (KLS, Proposition 14).
+
+    ``sensitivity`` (``Delta``) and ``local_sigma`` (``s``) in grid units; requires
+    ``s >= 1/2``, as the proposition does.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha >= 1:
+        raise ValueError(f"alpha = {alpha!r} must be >= 1")
+    delta = _check_positive("sensitivity", sensitivity)
+    s = _check_positive("local_sigma", local_sigma)
+    if s < 0.5:
+        raise ValueError(f"local_sigma = {s} must be >= 1/2 grid steps (KLS Proposition 14)")
+    tau, n = ddg_tau(s, n), _check_clients(n)
+    scale = delta / (math.sqrt(n) * s)
+    return min(alpha * scale * scale / 2 + tau * dim,
+               alpha / 2 * (scale + tau * math.sqrt(dim)) ** 2)
+
+
+def ddg_zcdp_epsilon(sensitivity: float, local_sigma: float, n: int, dim: int) -> float:
+    """``eps`` such that the sum of ``n`` shares is ``eps^2 / 2``-zCDP (KLS, Theorem 1).
+
+    ``min(sqrt(Delta^2 / (n s^2) + 2 tau d), Delta / (sqrt(n) s) + tau sqrt(d))``: each term
+    is Proposition 14's bound written as ``alpha eps^2 / 2`` (using ``tau d <= alpha tau d``
+    for ``alpha >= 1`` in the first).
+    """
+    delta = _check_positive("sensitivity", sensitivity)
+    s = _check_positive("local_sigma", local_sigma)
+    if s < 0.5:
+        raise ValueError(f"local_sigma = {s} must be >= 1/2 grid steps (KLS Proposition 14)")
+    n = _check_clients(n)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim = {dim!r} must be an integer >= 1")
+    tau = ddg_tau(s, n)
+    scale = delta / (math.sqrt(n) * s)
+    return min(math.sqrt(scale * scale + 2 * tau * dim), scale + tau * math.sqrt(dim))
+
+
+def ddg_epsilon_for(clip_norm: float, gamma: float, local_sigma: float, n: int, dim: int,
+                    beta: float = DEFAULT_BETA) -> float:
+    """:func:`ddg_zcdp_epsilon` from the original units: ``C``, ``gamma`` and the per-client
+    noise std ``local_sigma`` (so ``s = local_sigma / gamma``)."""
+    delta = rounded_norm_bound(clip_norm, gamma, dim, beta)
+    return ddg_zcdp_epsilon(delta, _check_positive("local_sigma", local_sigma) / gamma, n, dim)
+
+
+def equivalent_noise_multiplier(rho: float) -> float:
+    """The Gaussian noise multiplier with the same zCDP: ``1 / sqrt(2 rho)``.
+
+    A Gaussian with noise multiplier ``z`` has Renyi divergence exactly ``alpha / (2 z^2)`` at
+    every order, so a ``rho``-zCDP mechanism's divergences are at most those of this Gaussian.
+    """
+    return 1.0 / math.sqrt(2.0 * _check_positive("rho", rho))
+
+
+def gaussian_event_for_zcdp(rho: float, accountant: str, steps: int = 1) -> GaussianEvent:
+    """A :class:`GaussianEvent` to record ``steps`` participations of a ``rho``-zCDP release.
+
+    Valid with the RDP accountant only, and without amplification by sampling
+    (``sample_rate = 1``): the event stands for a mechanism known through its Renyi
+    divergences alone, and only RDP composition uses nothing else. PRV (and PLD) compose the
+    Gaussian's full privacy-loss distribution, which the distributed discrete Gaussian does not
+    have; Poisson amplification as the accountants compute it is specific to the Gaussian too.
+    Both would under-state epsilon, so they are refused.
+    """
+    name = check_accountant(accountant)
+    if name != "rdp":
+        raise AccountingError(
+            f"a zCDP bound can be recorded as an equivalent Gaussian only for the RDP "
+            f"accountant, not {name!r}: {name.upper()} composes the Gaussian's privacy-loss "
+            "distribution, which the distributed discrete Gaussian does not have, and would "
+            "under-state epsilon")
+    return GaussianEvent(equivalent_noise_multiplier(rho), 1.0, check_steps(steps))
+
+
+# -- the modular domain -------------------------------------------------------------------------
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 62:
+        raise ValueError(f"bits = {bits!r} must be an integer in [2, 62]")
+    return bits
+
+
+def encode_modular(values: Any, bits: int = MODULUS_BITS) -> np.ndarray:
+    """Integers reduced modulo ``2^bits`` into ``[0, 2^bits)``: wrap-around, never a clamp."""
+    m = 1 << _check_bits(bits)
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"encode_modular needs integers, got dtype {arr.dtype}")
+    return np.mod(arr.astype(np.int64), m).astype(np.int64)
+
+
+def modular_sum(shares: Sequence[Any], bits: int = MODULUS_BITS) -> np.ndarray:
+    """The sum of encoded shares modulo ``2^bits`` (what secure aggregation reveals)."""
+    if not shares:
+        raise ValueError("modular_sum needs at least one share")
+    m = 1 << _check_bits(bits)
+    total = np.zeros(np.shape(shares[0]), dtype=np.int64)
+    for share in shares:
+        total = np.mod(total + encode_modular(share, bits), m)
+    return total
+
+
+def decode_modular(total: Any, bits: int = MODULUS_BITS) -> np.ndarray:
+    """The centred lift of ``total`` into ``[-2^(bits-1), 2^(bits-1))`` (int64).
+
+    It equals the true integer sum when that lies in the range; otherwise the coordinate has
+    wrapped around (a utility loss that the release's privacy does not depend on).
+    """
+    m = 1 << _check_bits(bits)
+    arr = np.mod(np.asarray(total, dtype=np.int64), m)
+    return np.where(arr >= m // 2, arr - m, arr)
+
+
+def client_share(x: Any, *, clip_norm: float, gamma: float, local_sigma: float,
+                 rng: SecureGenerator, beta: float = DEFAULT_BETA,
+                 bits: int = MODULUS_BITS) -> np.ndarray:
+    """One client's encoded share: conditional rounding, discrete Gaussian, mod ``2^bits``.
+
+    ``x`` is the clipped update in original units; the noise is ``N_Z(0, (local_sigma /
+    gamma)^2)`` per coordinate.
+    """
+    rounded = conditional_rounding(x, clip_norm, gamma, rng, beta)
+    s = _check_positive("local_sigma", local_sigma) / _check_positive("gamma", gamma)
+    noise = sample_discrete_gaussian(Fraction(s) ** 2, rounded.size, rng)
+    return encode_modular(rounded + noise, bits)
+
+
+def decode_sum(total: Any, gamma: float, bits: int = MODULUS_BITS) -> np.ndarray:
+    """The aggregate in original units: centred lift times ``gamma`` (float64)."""
+    return decode_modular(total, bits).astype(np.float64) * _check_positive("gamma", gamma)
+
+
+__all__ = [
+    "DEFAULT_BETA",
+    "MODULUS_BITS",
+    "RoundingFailedError",
+    "client_share",
+    "conditional_rounding",
+    "ddg_epsilon_for",
+    "ddg_rdp",
+    "ddg_tau",
+    "ddg_zcdp_epsilon",
+    "decode_modular",
+    "decode_sum",
+    "discrete_gaussian_pmf",
+    "encode_modular",
+    "equivalent_noise_multiplier",
+    "gaussian_event_for_zcdp",
+    "modular_sum",
+    "rounded_norm_bound",
+    "sample_discrete_gaussian",
+]
