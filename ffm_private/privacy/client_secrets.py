@@ -109,8 +109,8 @@ class SecretStore:
 
     def noise(self, party: int | str, *, must_exist: bool = False) -> NoiseSource:
         """The party's noise streams (:class:`NoiseSource` keyed by its own secret)."""
-        secret = self.secret(party, must_exist=must_exist)
-        return NoiseSource(entropy=int.from_bytes(derive(secret, "noise", 0), "big"))
+        return NoiseSource.from_secret(derive(self.secret(party, must_exist=must_exist),
+                                              "noise", 0))
 
     def protocol_secret(self, client: int, round_id: int, *, must_exist: bool = False) -> bytes:
         """The 32 bytes a protocol's client side keys its randomness from in ``round_id``."""

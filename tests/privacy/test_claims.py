@@ -85,7 +85,7 @@ def test_server_side_secrets_cannot_regenerate_a_clients_noise_share(tmp_path):
     assert np.std(recovered - update) == pytest.approx(std * math.sqrt(2), rel=0.05)
     assert np.linalg.norm(recovered[:4] - update[:4]) > 0.1
     # The client itself (its own secret) regenerates its release exactly: a replay is the same.
-    own = privacy.mechanism.client_noise(update, SecretStore(run).noise(7).generator(1, 7, 0))
+    own = privacy.mechanism.client_transform(update, SecretStore(run).noise(7).generator(1, 7, 0))
     np.testing.assert_array_equal(own, sent)
 
 

@@ -190,7 +190,8 @@ def test_reference_size_is_a_validated_public_setting():
         with pytest.raises(ConfigError, match=f"privacy.reference_size.*{message}"):
             PrivacyConfig.from_dict({**base, "reference_size": bad})
     with pytest.raises(ConfigError, match="reference_size applies to mode = 'example'"):
-        PrivacyConfig.from_dict({"mode": "user", "target_epsilon": 4.0, "reference_size": 40})
+        PrivacyConfig.from_dict({"mode": "user", "target_epsilon": 4.0, "reference_size": 40,
+                                 "expected_clients_per_round": 10.0})
 
 
 def test_clients_of_any_size_are_covered_by_the_plan():
@@ -235,7 +236,8 @@ def test_adaptive_clipping_keeps_the_plans_epsilon_and_is_recorded():
     from ffm_private.privacy.config import PrivacyConfig
 
     fixed = PrivacyConfig.from_dict({"mode": "user", "target_epsilon": 4.0,
-                                     "accountant": "rdp"}).plan(rounds=50, client_rate=0.1)
+                                     "accountant": "rdp", "expected_clients_per_round": 50.0}
+                                    ).plan(rounds=50, client_rate=0.1)
     plan = PrivacyConfig.from_dict(ADAPTIVE).plan(rounds=50, client_rate=0.1)
     assert plan.noise_multiplier == fixed.noise_multiplier and plan.epsilon == fixed.epsilon
     assert plan.charge_events() == fixed.charge_events()  # the ledger charges the same
@@ -254,7 +256,8 @@ def test_adaptive_clipping_keeps_the_plans_epsilon_and_is_recorded():
     ({"expected_clients_per_round": 0.0}, "expected_clients_per_round"),
     ({"clip_target_quantile": 1.0}, "clip_target_quantile"),
     ({"clip_learning_rate": 0.0}, "clip_learning_rate"),
-    ({"noise_placement": "distributed", "min_survivors": 3}, "central' only"),
+    ({"noise_placement": "distributed", "min_survivors": 3, "expected_clients_per_round": 0.0},
+     "central' only"),
     ({"adaptive_clipping": False}, "clip_count_noise is set but privacy.adaptive_clipping"),
 ])
 def test_adaptive_clipping_settings_are_validated(extra, message):

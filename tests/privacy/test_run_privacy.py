@@ -158,7 +158,9 @@ def _privacy(tmp_path, protocol="secagg", dim=100, **raw) -> RunPrivacy:
 
 def test_release_clips_and_adds_the_distributed_share(tmp_path):
     privacy = _privacy(tmp_path, noise_placement="distributed", min_survivors=25,
-                       clipping_norm=2.0)
+                       clipping_norm=2.0, dim=40_000)
+    clip = 2.0 - privacy.mechanism.rounding_margin  # room for the protocol's rounding
+    assert 0 < privacy.mechanism.rounding_margin < 0.1  # clip 1000 over 500 clients: coarse
     big = np.full(40_000, 10.0)
     zero = np.zeros(40_000)
     out = privacy.release(1, 7, zero)
@@ -166,7 +168,7 @@ def test_release_clips_and_adds_the_distributed_share(tmp_path):
     assert np.std(out) == pytest.approx(share, rel=5 / math.sqrt(2 * 40_000))
     noisy_big = privacy.release(1, 8, big)
     noise = privacy.secrets.noise(8).generator(1, 8).normal(0.0, share, big.shape)
-    np.testing.assert_allclose(noisy_big - noise, np.full(40_000, 2.0 / 200.0), rtol=1e-9)
+    np.testing.assert_allclose(noisy_big - noise, np.full(40_000, clip / 200.0), rtol=1e-9)
     # Each participation is charged once, before release; replaying it is free...
     assert privacy.ledger.participations("7") == 1
     np.testing.assert_array_equal(privacy.release(1, 7, zero), out)
@@ -226,10 +228,18 @@ def test_distributed_noise_through_secagg_charges_participations(tiny_config, tm
     summary = run_training(cfg, resume=True, progress=False)  # same digests: no conflict
     spends = ledger_spends(Path(cfg.run_dir))
     assert set(charged) <= set(spends)  # nothing recorded before the crash was lost
-    rows = round_metrics(Path(cfg.run_dir))
-    # Participation basis: exactly the contributors of each round were charged, once.
-    for row in rows:
-        assert sum(1 for _, r, _, _ in spends if r == row["round"]) == row["contributors"]
+    # Participation basis: exactly the protected contributors of each round were charged,
+    # once; public pretraining users take part uncharged.
+    from ffm_private.observation import ObservationLog
+    from ffm_private.pretrain import public_users
+
+    public = set(public_users(80, cfg.data.public_fraction, cfg.federated.seed))
+    ids = Simulation(cfg, resume=True, progress=False).user_ids()
+    logged = list(ObservationLog.open(cfg.run_dir))
+    assert [obs.round_id for obs in logged] == [r["round"] for r in round_metrics(Path(cfg.run_dir))]
+    for obs in logged:
+        expected = {ids[int(c)] for c in obs.contributors if int(c) not in public}
+        assert {u for u, r, _, _ in spends if r == obs.round_id} == expected
     assert "User-level differential privacy against the server" in summary["privacy"]
     assert "at least 10 surviving clients" in summary["privacy"]
 
