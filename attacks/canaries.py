@@ -50,8 +50,8 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
+from ffm_private.privacy.mechanism import NULL_MECHANISM, ReleaseContext
 from ffm_private.privacy.mechanism import Mechanism as PrivMechanism
-from ffm_private.privacy.mechanism import ReleaseContext, mechanism_for
 
 DEFAULT_BETA = 1e-3
 _EPS_MAX = 50.0
@@ -233,9 +233,8 @@ class ProductionRelease:
 
     def __call__(self, updates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rows = np.asarray(updates, dtype=np.float64)
-        total = np.zeros(rows.shape[1])
-        for row in rows:
-            total += self.mechanism.client_transform(row, rng)
+        total = sum((self.mechanism.client_transform(row, rng) for row in rows),
+                    np.zeros(rows.shape[1] + self.mechanism.extra_coordinates))
         ctx = ReleaseContext(0, contributors=len(rows), pool_size=max(self.pool_size, len(rows)),
                              dim=rows.shape[1])
         return self.mechanism.server_transform(total, ctx, rng)
@@ -530,9 +529,11 @@ class ScaleAudit:
         included = np.random.default_rng(s_in).random(self.trials) < 0.5
         part_rng = np.random.default_rng(s_part)
         mech_rng = np.random.default_rng(s_mech)
-        zero = np.zeros(self.dim)
+        zero = np.zeros(self.dim + self.mechanism.mechanism.extra_coordinates)
+        initial = self.mechanism.mechanism.state()  # trials are independent runs
         scores = np.zeros(self.trials)
         for j in range(self.trials):
+            self.mechanism.mechanism.load_state(initial)
             pool = self.pool_size + int(included[j])
             for t in range(self.rounds):
                 contributors = int(part_rng.binomial(pool, self.client_rate))
@@ -703,10 +704,11 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
 
 def production_mechanism(cfg: Any, plan: Any) -> PrivMechanism:
     """The mechanism the run executes, from its config and plan (the run's own factory)."""
-    raw = dict(cfg.privacy or {})
-    return mechanism_for(plan, clipping_norm=float(raw.get("clipping_norm", 1.0)),
-                         min_survivors=int(raw.get("min_survivors", 0)),
-                         expected_clients=float(raw.get("expected_clients_per_round", 0.0)))
+    if plan is None:
+        return NULL_MECHANISM
+    from ffm_private.privacy.config import PrivacyConfig
+
+    return PrivacyConfig.from_dict(cfg.privacy).mechanism(plan)
 
 
 def scale_audit(release: ProductionRelease, plan: Any, *, dim: int, canaries: int,

@@ -121,8 +121,11 @@ class Server:
             rejected={cid: str(err) for cid, err in result.rejected.items()},
             update_norm=float(np.linalg.norm(mean)),
             bytes_up=result.bytes_up,
-            individual=result.individual,
-            total=result.total,
+            # what the log records: the model's coordinates (a mechanism's extra coordinates,
+            # such as the adaptive-clipping count, are summed with them and released noisily)
+            individual=(None if result.individual is None else
+                        {c: v[:self.spec.size] for c, v in result.individual.items()}),
+            total=result.total[:self.spec.size],
         )
 
 

@@ -236,7 +236,10 @@ class Simulation:
         ckpt.mkdir(parents=True, exist_ok=True)
         save_arrays(ckpt / "global.npz", state.shared)
         state.personal.save(ckpt / "personal.npz")
-        atomic_write_json(ckpt / "state.json", {"round": state.round_id, "history": state.history})
+        meta: dict[str, Any] = {"round": state.round_id, "history": state.history}
+        if self.privacy is not None:  # e.g. the adaptive clip: a resumed round uses the same
+            meta["mechanism_state"] = self.privacy.mechanism.state()
+        atomic_write_json(ckpt / "state.json", meta)
         atomic_write_bytes(self.run_dir / CHECKPOINTS / LATEST, ckpt.name.encode())
         rounds = sorted(self.run_dir.glob(f"{CHECKPOINTS}/round-*"))
         for old in rounds[:-KEEP_CHECKPOINTS]:
@@ -248,6 +251,8 @@ class Simulation:
             return None
         ckpt = self.run_dir / CHECKPOINTS / latest.read_text().strip()
         meta = json.loads((ckpt / "state.json").read_text())
+        if self.privacy is not None and meta.get("mechanism_state"):
+            self.privacy.mechanism.load_state(meta["mechanism_state"])
         return RunState(meta["round"], load_arrays(ckpt / "global.npz"),
                         PersonalStore.load(ckpt / "personal.npz"), meta["history"])
 

@@ -323,6 +323,22 @@ class PrivacyConfig:
                                     local_cfg=local_cfg, has_personal=has_personal)
         return self.plan(**inputs)
 
+    def mechanism(self, plan: PrivacyPlan, *, rounding_margin: float = 0.0) -> Any:
+        """The production :class:`~ffm_private.privacy.mechanism.Mechanism` of ``plan``.
+
+        The one factory the run and the A6 audit share (so the audit tests what runs).
+        """
+        from ffm_private.privacy.adaptive_clipping import AdaptiveClipSettings
+        from ffm_private.privacy.mechanism import mechanism_for
+
+        adaptive = (AdaptiveClipSettings(self.clip_target_quantile, self.clip_learning_rate,
+                                         self.clip_count_noise, self.expected_clients_per_round)
+                    if self.adaptive_clipping else None)
+        return mechanism_for(plan, clipping_norm=self.clipping_norm,
+                             min_survivors=self.min_survivors,
+                             expected_clients=self.expected_clients_per_round,
+                             rounding_margin=rounding_margin, adaptive=adaptive)
+
     def cap_for_plan(self, plan: PrivacyPlan) -> float:
         """The default per-user cap: ``default_cap`` if set, else the plan's epsilon."""
         return self.default_cap if self.default_cap > 0 else plan.epsilon

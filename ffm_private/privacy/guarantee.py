@@ -126,6 +126,13 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
             "part in a round is visible to the server and not protected; the accounting treats "
             "the noise as continuous Gaussian (the protocol's fixed-point rounding is absorbed "
             "by clipping below C by its error bound).")
+    if getattr(plan, "adaptive_clipping", False):
+        parts.append(
+            f"The clipping norm is adaptive (Andrew et al. 2021): it starts at {c} and tracks a "
+            "quantile of the update norms from a noised count of unclipped clients; the update "
+            f"noise is raised to {plan.update_noise_multiplier:.4f} x the current norm so that "
+            "update sum and count together are the Gaussian mechanism with the multiplier "
+            "above.")
     if public_users:
         parts.append(f"The {public_users} users of the public pretraining split are outside the "
                      "claim: their data trained the backbone without DP; they take part as "

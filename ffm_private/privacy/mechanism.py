@@ -65,6 +65,15 @@ class Mechanism:
     name: ClassVar[str] = "none"
     #: every round releases a step, with or without contributors (noise-only if needed)
     releases_every_round: ClassVar[bool] = False
+    #: coordinates a client appends to its update (summed with it, e.g. a clip count)
+    extra_coordinates: ClassVar[int] = 0
+
+    def state(self) -> dict[str, float]:
+        """Mechanism state a checkpoint must keep (none for stateless mechanisms)."""
+        return {}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        """Continue from a checkpointed :meth:`state`."""
 
     # -- steps (overridden by mechanisms, and by the audit's planted bugs) ----------------------
     def clip(self, update: np.ndarray) -> np.ndarray:
@@ -152,6 +161,75 @@ class CentralGaussian(Mechanism):
                 f"{self.expected_clients:g}")
 
 
+class AdaptiveCentralGaussian(Mechanism):
+    """Central DP-FedAvg whose clip tracks a quantile of the update norms (Andrew et al. 2021).
+
+    Each client appends one coordinate to what it sends: ``b_i - 1/2`` with ``b_i = 1`` when
+    its unclipped norm is ``<= C_t`` (it travels inside the summed, possibly masked, vector).
+    The server noises the update sum with ``z_Delta C_t`` and the count with ``sigma_b`` (both
+    from its own secret stream), divides by the public constant, and moves the clip. Together
+    the two releases are the Gaussian mechanism with the plan's multiplier (their Theorem 1),
+    so the ledger charges the plan's events. The clip is state: :meth:`state` goes into every
+    checkpoint and :meth:`load_state` restores it, so a replayed round uses the same ``C_t``.
+    """
+
+    name: ClassVar[str] = "user-central-adaptive"
+    releases_every_round: ClassVar[bool] = True
+    extra_coordinates: ClassVar[int] = 1
+
+    def __init__(self, clipper: Any, expected_clients: float, client_rate: float,
+                 noise_multiplier: float) -> None:
+        self.clipper = clipper
+        self.expected_clients = float(expected_clients)
+        self.client_rate = client_rate
+        self.noise_multiplier = noise_multiplier
+
+    @property
+    def clipping_norm(self) -> float:
+        return self.clipper.clip
+
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return clip_to_norm(update, self.clipper.clip)
+
+    def client_transform(self, update: Any, rng: Any) -> np.ndarray:
+        arr = to_numpy(update)
+        indicator = self.clipper.indicator(float(np.linalg.norm(arr)))
+        return np.concatenate([self.client_noise(self.clip(arr), rng), [indicator]])
+
+    def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
+        return total + rng.normal(0.0, self.clipper.update_noise_std(), total.shape)
+
+    def divisor(self, ctx: ReleaseContext) -> float:
+        return self.expected_clients
+
+    def server_transform(self, total: np.ndarray | None, ctx: ReleaseContext,
+                         rng: Any) -> np.ndarray:
+        if total is None or ctx.contributors == 0:
+            updates, count = np.zeros(ctx.dim), 0.0
+        else:
+            total = np.asarray(total, dtype=np.float64)
+            updates, count = total[:ctx.dim], float(total[ctx.dim])
+        step = self.server_noise(updates, rng) / self.divisor(ctx)
+        self.clipper.advance(self.clipper.noisy_fraction(count, rng))
+        return step
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        return (GaussianEvent(self.noise_multiplier, self.client_rate, 1),)
+
+    def state(self) -> dict[str, float]:
+        return self.clipper.state()
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.clipper.load_state(state)
+
+    def describe(self) -> str:
+        s = self.clipper.settings
+        return (f"adaptive clip (now {self.clipper.clip:.4g}, target quantile "
+                f"{s.target_quantile:g}), N(0, ({self.clipper.update_multiplier:.4g} x C_t)^2) "
+                f"on the sum and N(0, {s.count_noise_std:g}^2) on the count, divided by the "
+                f"public constant {self.expected_clients:g}")
+
+
 @dataclass(frozen=True)
 class DistributedGaussian(Mechanism):
     """User-level DP-FedAvg, untrusted server: each client clips and adds its noise share.
@@ -214,13 +292,25 @@ class ExampleDPSGD(Mechanism):
 
 
 def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
-                  expected_clients: float = 0.0, rounding_margin: float = 0.0) -> Mechanism:
+                  expected_clients: float = 0.0, rounding_margin: float = 0.0,
+                  adaptive: Any = None) -> Mechanism:
     """The production mechanism of a :class:`~ffm_private.privacy.planner.PrivacyPlan`.
 
     The one place a plan becomes a mechanism: the simulation and the A6 audit both call it.
+    ``adaptive`` (an :class:`~ffm_private.privacy.adaptive_clipping.AdaptiveClipSettings`) is
+    required when the plan uses adaptive clipping.
     """
     if plan is None:
         return NULL_MECHANISM
+    if getattr(plan, "adaptive_clipping", False):
+        from ffm_private.privacy.adaptive_clipping import AdaptiveClipper
+
+        if adaptive is None:
+            raise ValueError("an adaptive-clipping plan needs its AdaptiveClipSettings")
+        clipper = AdaptiveClipper(adaptive, initial_clip=clipping_norm,
+                                  noise_multiplier=plan.noise_multiplier)
+        return AdaptiveCentralGaussian(clipper, expected_clients, plan.client_rate,
+                                       plan.noise_multiplier)
     if plan.mode == "example":
         return ExampleDPSGD(plan.charge_events())
     if plan.noise_placement == "distributed":
@@ -230,5 +320,5 @@ def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                            client_rate=plan.client_rate)
 
 
-__all__ = ["NULL_MECHANISM", "CentralGaussian", "DistributedGaussian", "ExampleDPSGD",
+__all__ = ["NULL_MECHANISM", "AdaptiveCentralGaussian", "CentralGaussian", "DistributedGaussian", "ExampleDPSGD",
            "Mechanism", "NothingToRelease", "ReleaseContext", "mechanism_for"]

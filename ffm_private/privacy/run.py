@@ -50,7 +50,7 @@ from ffm_private.privacy.dpsgd import DPRunReport, ExampleDP, torch_generator
 from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.guarantee import guarantee_statement
 from ffm_private.privacy.ledger import PrivacyLedger
-from ffm_private.privacy.mechanism import Mechanism, ReleaseContext, mechanism_for
+from ffm_private.privacy.mechanism import Mechanism, ReleaseContext
 from ffm_private.privacy.mechanisms import distributed_noise_std, poisson_sample
 from ffm_private.privacy.planner import PrivacyPlan
 
@@ -94,9 +94,7 @@ class RunPrivacy:
         self.public = frozenset(int(u) for u in public)
         self._ledger: PrivacyLedger | None = None
         self._secrets: SecretStore | None = None
-        self.mechanism: Mechanism = mechanism_for(
-            plan, clipping_norm=cfg.clipping_norm, min_survivors=cfg.min_survivors,
-            expected_clients=cfg.expected_clients_per_round)
+        self.mechanism: Mechanism = cfg.mechanism(plan)
         #: Example-level DP-SGD settings for every client (``None`` in user mode).
         self.example_dp: ExampleDP | None = None
 
@@ -177,9 +175,7 @@ class RunPrivacy:
             if margin >= c:
                 raise ConfigError(f"the protocol's rounding error bound {margin:.3g} is not "
                                   f"below privacy.clipping_norm = {c:g}")
-            self.mechanism = mechanism_for(self.plan, clipping_norm=c,
-                                           min_survivors=self.cfg.min_survivors,
-                                           rounding_margin=margin)
+            self.mechanism = self.cfg.mechanism(self.plan, rounding_margin=margin)
         self.statement()  # refuse, before any file is written, a claim that cannot be stated
         return self
 
