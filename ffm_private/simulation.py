@@ -190,10 +190,11 @@ class Simulation:
         a sum with too few noise shares, discarding it afterwards is too late.
         """
         options = dict(self.cfg.protocol.options)
+        statistics = registry.protocol_class(self.cfg.protocol.name).private_statistics_option
         if (self.privacy is not None and self.privacy.plan.noise_placement == "distributed"
-                and self.cfg.protocol.name == "secagg"):
+                and statistics):
             # the untrusted server must not learn an un-noised statistic of the updates
-            options.setdefault("report_clipped", False)
+            options.setdefault(statistics, False)
         if self.privacy is not None and self.privacy.plan.noise_placement == "distributed":
             m = self.privacy.cfg.min_survivors
             if options.setdefault("min_clients", m) < m:

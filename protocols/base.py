@@ -59,6 +59,9 @@ class AggregationProtocol(ABC):
       ``min_clients`` itself, so per-client noise shares protect the released sum.
     - ``value_range``: the largest absolute coordinate the encoding carries without clamping
       (``None``: unbounded float vectors).
+    - ``private_statistics_option``: the option that stops clients from sending un-noised
+      statistics beside their vector (e.g. a count of clipped coordinates), set false by the
+      privacy layer when the server is untrusted (``None``: the protocol sends none).
     """
 
     name: ClassVar[str]
@@ -67,6 +70,7 @@ class AggregationProtocol(ABC):
     supports_distributed_noise: ClassVar[bool] = False
     min_clients: int = 1
     value_range: float | None = None
+    private_statistics_option: ClassVar[str | None] = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AggregationProtocol:

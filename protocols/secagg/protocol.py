@@ -89,6 +89,7 @@ class SecAggPlusProtocol(AggregationProtocol):
     stages = STAGES
     reveals_individual_updates = False
     supports_distributed_noise = True
+    private_statistics_option = "report_clipped"
 
     def __init__(self, options: SecAggOptions | None = None, *,
                  entropy: cr.Entropy | None = None) -> None:
