@@ -1,7 +1,9 @@
-"""A DP training process killed with SIGKILL mid-run resumes to the uninterrupted run's ledger.
+"""A DP training process killed with SIGKILL mid-run resumes to the uninterrupted run's
+ledger, sample and model, in every privacy mode.
 
-The kill lands wherever the process happens to be once round 3's charges are committed
-(between a charge and its round's checkpoint, or later): any point must do.
+The kill lands wherever the process happens to be once a round-3 charge is committed (between
+a charge and its round's checkpoint, or later; in participation modes mid-round): any point
+must do.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ffm_private.config import to_toml
 from ffm_private.simulation import run_training
+from ffm_private.storage import load_arrays
 from tests.run_records import ledger_spends, round_metrics
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
@@ -24,6 +28,16 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 ROOT = Path(__file__).resolve().parents[2]
 PRIVACY = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3,
            "expected_clients_per_round": 40.0}
+MODES = {
+    "user-central": ({}, PRIVACY),
+    "user-distributed-secagg": (
+        {"protocol.name": "secagg", "protocol.options": {"clip": 4.0}},
+        {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5, "noise_seed": 3,
+         "noise_placement": "distributed", "min_survivors": 10}),
+    "example": ({"federated.batch_size": 16},
+                {"mode": "example", "target_epsilon": 8.0, "clipping_norm": 0.1,
+                 "noise_seed": 5}),
+}
 
 
 def _latest_charged_round(ledger: Path) -> int:
@@ -39,9 +53,14 @@ def _latest_charged_round(ledger: Path) -> int:
         return 0
 
 
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path):
-    cfg = tiny_config.replace(**{"federated.rounds": 8, "federated.client_fraction": 0.5,
-                                 "privacy": PRIVACY})
+@pytest.mark.parametrize("mode", [
+    "user-central",
+    pytest.param("user-distributed-secagg", marks=pytest.mark.slow),
+    pytest.param("example", marks=pytest.mark.slow)])
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path, mode):
+    extra, privacy = MODES[mode]
+    cfg = tiny_config.replace(**{"federated.rounds": 5, "federated.client_fraction": 0.5,
+                                 "privacy": privacy, **extra})
     reference = cfg.replace(run_dir=str(tmp_path / "reference"))
     run_training(reference, progress=False)
 
@@ -64,5 +83,16 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_config, t
     assert not (run / "summary.json").exists()
 
     run_training(cfg, resume=True, progress=False)
-    assert ledger_spends(run) == ledger_spends(Path(reference.run_dir))
-    assert round_metrics(run) == round_metrics(Path(reference.run_dir))
+    ref = Path(reference.run_dir)
+    assert ledger_spends(run) == ledger_spends(ref)
+    assert round_metrics(run) == round_metrics(ref)
+    latest = (run / "checkpoints" / "LATEST").read_text().strip()
+    a = load_arrays(run / "checkpoints" / latest / "global.npz")
+    b = load_arrays(ref / "checkpoints" / latest / "global.npz")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    pa = load_arrays(run / "checkpoints" / latest / "personal.npz")
+    pb = load_arrays(ref / "checkpoints" / latest / "personal.npz")
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+
