@@ -1,0 +1,43 @@
+"""The project's error root and the run-level errors every command can raise.
+
+Every error the toolkit raises on purpose for bad input or a damaged run directory derives
+from :class:`FFMPrivateError`, so a caller (the CLI, a notebook) can tell "the toolkit refused,
+with a message naming what is wrong" apart from a bug.
+"""
+
+from __future__ import annotations
+
+
+class FFMPrivateError(Exception):
+    """Root of every typed error of ffm-private."""
+
+
+class RunDirectoryError(FFMPrivateError, RuntimeError):
+    """The run directory is in a state that would lose or mix up results."""
+
+
+class RunLockedError(RunDirectoryError):
+    """Another process holds the run directory (its lock file is taken)."""
+
+
+class CheckpointError(FFMPrivateError, RuntimeError):
+    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
+
+
+class PrivacyStateError(FFMPrivateError, RuntimeError):
+    """The privacy state (ledger, noise key, observation log) differs from what the
+    checkpoint recorded: resuming would forget or rewrite spent budget or released data."""
+
+
+class DivergedError(FFMPrivateError, RuntimeError):
+    """The shared model became non-finite (NaN or infinity): every later metric is meaningless."""
+
+
+class NoRoundAppliedError(FFMPrivateError, RuntimeError):
+    """Every round of the run aborted: the model was never updated by federated training."""
+
+
+__all__ = [
+    "CheckpointError", "DivergedError", "FFMPrivateError", "NoRoundAppliedError",
+    "PrivacyStateError", "RunDirectoryError", "RunLockedError",
+]
