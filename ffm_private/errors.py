@@ -20,6 +20,14 @@ class RunLockedError(RunDirectoryError):
     """Another process holds the run directory (its lock file is taken)."""
 
 
+class CorruptFileError(FFMPrivateError, RuntimeError):
+    """A file the run wrote is missing, truncated or altered; ``path`` names it."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}")
+
+
 class CheckpointError(FFMPrivateError, RuntimeError):
     """A checkpoint file is missing, truncated or does not match its recorded checksum."""
 
@@ -38,6 +46,6 @@ class NoRoundAppliedError(FFMPrivateError, RuntimeError):
 
 
 __all__ = [
-    "CheckpointError", "DivergedError", "FFMPrivateError", "NoRoundAppliedError",
+    "CheckpointError", "CorruptFileError", "DivergedError", "FFMPrivateError", "NoRoundAppliedError",
     "PrivacyStateError", "RunDirectoryError", "RunLockedError",
 ]
