@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume", file=sys.stderr)
+        hint = ": resume with --resume" if args.command == "train" else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
