@@ -377,13 +377,13 @@ class Simulation:
         """Refuse protocol counts no round can meet: every round would abort."""
         n = self.split.n_users
         opts = getattr(self.protocol, "options", None)
-        for owner, prefix in ((self.protocol, ""), (opts, "")):
+        for owner in (self.protocol, opts):
             for name in ("min_clients", "threshold"):
                 value = getattr(owner, name, None) if owner is not None else None
                 if isinstance(value, int) and not isinstance(value, bool) and value > n:
                     raise config_mod.ConfigError(
-                        f"protocol.options.{prefix}{name} = {value} exceeds the {n} clients of "
-                        "the dataset: every round would abort")
+                        f"protocol.options.{name} = {value} exceeds the {n} clients of the "
+                        "dataset: every round would abort")
 
     def user_ids(self) -> list[str]:
         """The dataset's id of each client (internal index -> id in the source files)."""
@@ -500,11 +500,13 @@ class Simulation:
             else:
                 self._say(f"{latest} is damaged ({text[:20]!r}); looking for the newest "
                           "usable checkpoint")
-        if named is None and not dirs:
+        # a directory without state.json is a checkpoint a crash interrupted: never complete
+        others = [d for d in dirs if d != named and (d / STATE_FILE).exists()]
+        if named is None and not others:
             if latest.exists():
                 raise CheckpointError(f"{latest} names no checkpoint and none is left")
             return None
-        order = ([named] if named else []) + [d for d in dirs if d != named]
+        order = ([named] if named else []) + others
         problems = []
         for ckpt in order:
             try:
