@@ -77,15 +77,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ffm_private.errors import RunDirectoryError
     from ffm_private.simulation import Simulation
 
-    cfg = config_mod.load(Path(args.run) / "config.toml")
-    sim = Simulation(cfg, resume=True, progress=False)
-    state = sim.load_checkpoint()
-    if state is None:
-        print(f"error: {args.run} has no checkpoint to evaluate", file=sys.stderr)
-        return 2
-    metrics: dict[str, Any] = {"round": state.round_id, **sim.evaluate(state)}
+    config_path = Path(args.run) / "config.toml"
+    if not config_path.exists():
+        raise RunDirectoryError(f"{args.run} holds no run (no config.toml)")
+    cfg = config_mod.load(config_path, {"run_dir": args.run})
+    sim = Simulation(cfg, progress=False, evaluate_only=True)  # reads only; never pretrains
+    try:
+        state = sim.load_checkpoint()
+        if state is None:
+            print(f"error: {args.run} has no checkpoint to evaluate", file=sys.stderr)
+            return 2
+        metrics: dict[str, Any] = {"round": state.round_id, **sim.evaluate(state)}
+    finally:
+        sim.close()
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -136,23 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM stops like Ctrl-C: the same clean path (every file written is complete)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ffm_private.data import DataError
+    import signal
+
+    from ffm_private.errors import FFMPrivateError
     from ffm_private.privacy.errors import PrivacyError
-    from ffm_private.simulation import RunDirectoryError
 
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if argv is None else None
     try:
         return args.func(args)
     except config_mod.ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (DataError, RunDirectoryError, PrivacyError) as err:
+    except (FFMPrivateError, PrivacyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume", file=sys.stderr)
+        hint = ": resume with --resume" if args.command == "train" else ""
+        print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

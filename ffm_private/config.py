@@ -9,14 +9,24 @@ the offending ``section.key``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import tomli_w
 
-class ConfigError(ValueError):
+from ffm_private.errors import FFMPrivateError
+
+#: Largest integer any field accepts: counts and sizes beyond it only exhaust memory.
+MAX_INT = 2**31 - 1
+#: Config files beyond this size are refused before parsing (a run config is a few KiB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(FFMPrivateError, ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
@@ -48,11 +58,17 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
         _choice("data.synthetic_preset", self.synthetic_preset, ("small", "ml100k"))
-        if self.kind != "synthetic" and not self.path:
+        if self.kind != "synthetic" and not self.path.strip():
             raise ConfigError(f"data.path is required for data.kind = {self.kind!r}")
-        _range("data.public_fraction", self.public_fraction, 0.0, 0.9)
-        _range("data.num_eval_negatives", self.num_eval_negatives, 1, None)
-        _range("data.num_train_negatives", self.num_train_negatives, 1, None)
+        _range("data.public_fraction", self.public_fraction, 0.0, 0.9, open_low=True)
+        _range("data.num_eval_negatives", self.num_eval_negatives, 1, 100_000)
+        _range("data.num_train_negatives", self.num_train_negatives, 1, 1_000)
+        for name in ("csv_user_col", "csv_item_col", "csv_timestamp_col"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"data.{name} must be a non-empty column name")
+        if len(self.csv_delimiter) != 1 or self.csv_delimiter in '"\r\n':
+            raise ConfigError(f"data.csv_delimiter = {self.csv_delimiter!r} must be one "
+                              "character other than a quote or a line break")
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,8 @@ class ModelConfig:
     def validate(self) -> None:
         _choice("model.kind", self.kind, ("ffm", "fedmf"))
         for name in ("dim", "history_length", "global_rank"):
-            _range(f"model.{name}", getattr(self, name), 1, None)
-        _range("model.personal_rank", self.personal_rank, 0, None)
+            _range(f"model.{name}", getattr(self, name), 1, 4096)
+        _range("model.personal_rank", self.personal_rank, 0, 4096)
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,9 @@ class PretrainConfig:
     checkpoint: str = _f("", "Load a pretrained backbone from this file instead of pretraining.")
 
     def validate(self) -> None:
-        _range("pretrain.epochs", self.epochs, 0, None)
+        _range("pretrain.epochs", self.epochs, 0, 100_000)
         _range("pretrain.lr", self.lr, 0.0, None, open_low=True)
-        _range("pretrain.batch_size", self.batch_size, 1, None)
+        _range("pretrain.batch_size", self.batch_size, 1, 1 << 24)
         _range("pretrain.weight_decay", self.weight_decay, 0.0, None)
 
 
@@ -113,15 +129,16 @@ class FederatedConfig:
     seed: int = _f(0, "Seed for every random choice of the run.")
 
     def validate(self) -> None:
-        _range("federated.rounds", self.rounds, 1, None)
+        _range("federated.rounds", self.rounds, 1, 1_000_000)
         _range("federated.client_fraction", self.client_fraction, 0.0, 1.0, open_low=True)
-        _range("federated.local_epochs", self.local_epochs, 0, None)
-        _range("federated.personal_epochs", self.personal_epochs, 0, None)
+        _range("federated.local_epochs", self.local_epochs, 0, 100_000)
+        _range("federated.personal_epochs", self.personal_epochs, 0, 100_000)
         _range("federated.lr", self.lr, 0.0, None, open_low=True)
         _range("federated.personal_lr", self.personal_lr, 0.0, None, open_low=True)
-        _range("federated.batch_size", self.batch_size, 1, None)
+        _range("federated.batch_size", self.batch_size, 1, 1 << 24)
         _range("federated.server_lr", self.server_lr, 0.0, None, open_low=True)
         _range("federated.eval_every", self.eval_every, 1, None)
+        _range("federated.seed", self.seed, 0, MAX_INT)
 
 
 @dataclass(frozen=True)
@@ -136,9 +153,11 @@ class ProtocolConfig:
         from protocols.registry import available, protocol_class
 
         _choice("protocol.name", self.name, tuple(available()))
+        for key, value in self.options.items():
+            _check_option(f"protocol.options.{key}", value)
         try:  # each protocol checks the options it reads (cheap: no keys are made here)
             protocol_class(self.name).from_options(self.options)
-        except ValueError as err:
+        except (ValueError, TypeError, OverflowError) as err:
             raise ConfigError(f"[protocol] {err}") from None
 
 
@@ -150,7 +169,7 @@ class EvaluationConfig:
     full_ranking: bool = _f(True, "Also rank the held-out item against every unseen item.")
 
     def validate(self) -> None:
-        _range("evaluation.k", self.k, 1, None)
+        _range("evaluation.k", self.k, 1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,9 @@ class ObservationConfig:
                 isinstance(r, int) and not isinstance(r, bool) and r != 0 for r in self.rounds):
             raise ConfigError(f"observation.rounds = {self.rounds!r} must be a list of non-zero "
                               "integers (negative counts from the last round)")
-        _range("observation.max_clients", self.max_clients, 0, None)
+        for r in self.rounds:
+            _range("observation.rounds", r, -MAX_INT, MAX_INT)
+        _range("observation.max_clients", self.max_clients, 0, MAX_INT)
         _choice("observation.dtype", self.dtype, ("float32", "float16"))
 
 
@@ -191,6 +212,8 @@ class Config:
     observation: ObservationConfig = field(default_factory=ObservationConfig)
 
     def validate(self) -> Config:
+        if not self.run_dir.strip():
+            raise ConfigError("run_dir must be a non-empty path")
         for name in _SECTIONS:
             getattr(self, name).validate()
         from ffm_private.privacy.config import PrivacyConfig
@@ -222,6 +245,33 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}")
 
 
+def _check_option(key: str, value: Any) -> None:
+    """Protocol options are TOML scalars: finite numbers, bounded integers, text without NUL.
+
+    Each protocol checks the meaning of its own options; this refuses, naming the key, the
+    values no option can take (which would otherwise surface as a TypeError deep inside).
+    """
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{key} = {value!r} must lie in [-{MAX_INT}, {MAX_INT}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
+        if key.endswith(".min_clients"):
+            raise ConfigError(f"{key} = {value!r} must be an integer")
+    elif isinstance(value, str):
+        _check_text(key, value)
+    else:
+        raise ConfigError(f"{key} = {value!r} must be a number, a string or true/false")
+
+
+def _check_text(key: str, value: str) -> None:
+    if "\x00" in value:
+        raise ConfigError(f"{key} contains a NUL character")
+
+
 def _range(key: str, value: float, low: float | None, high: float | None,
            open_low: bool = False) -> None:
     if low is not None and (value < low or (open_low and value == low)):
@@ -239,19 +289,28 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{key} = {value!r} must lie in [-{MAX_INT}, {MAX_INT}]")
         return value
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise ConfigError(f"{key} = {value!r} is too large")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
+        _check_text(key, value)
         return value
     if typ is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return dict(value)
+    if typ is list and not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
     return value
 
 
@@ -281,13 +340,33 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """Load a TOML config file, apply ``section.key`` overrides, validate."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read: {err.strerror or err}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: {len(data)} bytes is larger than "
+                          f"{MAX_CONFIG_BYTES} (not a run configuration?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {err.start}): TOML "
+                          "files must be UTF-8") from None
+    return from_dict(_merge(parse_toml(text, str(path)), overrides or {}))
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """Parse TOML text; every failure (syntax, absurd nesting) is a ConfigError."""
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return from_dict(_merge(raw, overrides or {}))
+        raise ConfigError(f"{where}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
 
 
 def _merge(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,11 +387,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: {key!r} is not a section.key name")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         parsed = value
-    return key.strip(), parsed
+    return key, parsed
 
 
 def describe_fields() -> str:
@@ -344,12 +426,12 @@ def _show(value: Any) -> str:
 
 
 def to_toml(config: Config) -> str:
-    """Serialize a resolved config back to TOML (for the run directory)."""
-    d = config.to_dict()
-    lines = [f"{k} = {_show(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for name, section in d.items():
-        if isinstance(section, dict):
-            lines.append(f"\n[{name}]")
-            for k, v in section.items():
-                lines.append(f"{k} = {_show(v)}")
-    return "\n".join(lines) + "\n"
+    """Serialize a resolved config back to TOML (for the run directory).
+
+    Written by ``tomli_w``, which escapes every string (backslashes and quotes in Windows
+    paths, control characters), so :func:`load` reads back an equal config.
+    """
+    try:
+        return tomli_w.dumps(config.to_dict())
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the configuration cannot be written as TOML: {err}") from None

@@ -3,7 +3,8 @@
 Sampled protocol: each held-out item is ranked against the user's fixed 99 negatives.
 Full protocol: against every item the user has not interacted with in training (and, for
 the test item, not the validation item either). Ties count against the held-out item, so
-a constant scorer earns nothing.
+a constant scorer earns nothing, and a non-finite score (NaN, infinity: a diverged model)
+ranks last, so a broken model earns nothing either.
 """
 
 from __future__ import annotations
@@ -29,11 +30,23 @@ def hr_ndcg(ranks: np.ndarray, k: int) -> tuple[float, float]:
 
 def pessimistic_rank(pos_scores: np.ndarray, other_scores: np.ndarray,
                      valid: np.ndarray | None = None) -> np.ndarray:
-    """Number of candidates scoring at least as high as the positive (0 = top)."""
+    """Number of candidates scoring at least as high as the positive (0 = top).
+
+    Non-finite scores count as ``-inf``: a NaN positive ranks below every candidate (a NaN
+    comparison is false, which would otherwise rank it first), a NaN candidate below it.
+    """
+    pos_scores = _finite_or_last(np.asarray(pos_scores))
+    other_scores = _finite_or_last(np.asarray(other_scores))
     beats = other_scores >= pos_scores[:, None]
     if valid is not None:
         beats &= valid
     return beats.sum(axis=1)
+
+
+def _finite_or_last(scores: np.ndarray) -> np.ndarray:
+    if np.issubdtype(scores.dtype, np.floating) and not np.all(np.isfinite(scores)):
+        return np.where(np.isfinite(scores), scores, -np.inf)
+    return scores
 
 
 def eval_histories(split: LeaveOneOutSplit, target: str, length: int, pad: int) -> np.ndarray:

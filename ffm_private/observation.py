@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ffm_private.config import ObservationConfig
+from ffm_private.errors import FFMPrivateError
 from ffm_private.models import SharedSpec
 from ffm_private.storage import atomic_write_json, load_arrays, save_arrays
 
@@ -56,7 +57,7 @@ _MAX_MESSAGE = 500
 _ITEMSIZE = {"float32": 4, "float16": 2}
 
 
-class ObservationLogError(RuntimeError):
+class ObservationLogError(FFMPrivateError, RuntimeError):
     """The observation log is missing, malformed, or does not match what is asked of it."""
 
 

@@ -15,8 +15,10 @@ and ends exactly where an uninterrupted run with the same seed ends.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,15 @@ from ffm_private.data import (
     leave_one_out,
     load_dataset,
 )
+from ffm_private.data.synthetic import CONFIG_FILE as SYNTHETIC_SUMMARY
+from ffm_private.data.synthetic import PERSONALITY_FILE
+from ffm_private.errors import (
+    CheckpointError,
+    CorruptFileError,
+    DivergedError,
+    NoRoundAppliedError,
+    RunDirectoryError,
+)
 from ffm_private.evaluation import evaluate_model, evaluate_popularity
 from ffm_private.models import (
     FROZEN,
@@ -49,15 +60,18 @@ from ffm_private.models import (
 from ffm_private.models.partition import load_group, state_of
 from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
+from ffm_private.privacy import fingerprint
 from ffm_private.privacy.client_secrets import SecretStore
 from ffm_private.privacy.guarantee import NO_DP
-from ffm_private.privacy.run import RunPrivacy
+from ffm_private.privacy.run import PRIVACY_DIR, RunPrivacy
+from ffm_private.rundir import DATA_DIR, RunDir, install_tree, same_path
 from ffm_private.server import Averager, Server, plain_mean, sample_clients
 from ffm_private.storage import (
     PersonalStore,
     atomic_write_bytes,
     atomic_write_json,
     load_arrays,
+    load_json,
     save_arrays,
 )
 from protocols import AggregateResult, registry
@@ -65,31 +79,47 @@ from protocols import AggregateResult, registry
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 KEEP_CHECKPOINTS = 2
+STATE_FILE = "state.json"
 
 
-class RunDirectoryError(RuntimeError):
-    """The run directory is in a state that would lose or mix up results."""
+def _synthetic_preset(cfg: Config) -> SyntheticConfig:
+    data = cfg.data
+    preset = SyntheticConfig.small() if data.synthetic_preset == "small" else SyntheticConfig()
+    return SyntheticConfig(**{**preset.__dict__, "seed": cfg.federated.seed})
+
+
+SYNTHETIC_FILES = ("u.data", "u.user", "u.item", PERSONALITY_FILE, SYNTHETIC_SUMMARY)
+
+
+def synthetic_complete(path: Path) -> bool:
+    """A generated dataset is complete once its summary file (written last) exists."""
+    return (path / "u.data").is_file() and (path / SYNTHETIC_SUMMARY).is_file()
+
+
+def _load_interactions(cfg: Config, synthetic_source: Path) -> Any:
+    data = cfg.data
+    if data.kind == "synthetic":
+        return load_dataset("synthetic", synthetic_source)
+    if data.kind == "csv":
+        from ffm_private.data import load_csv
+
+        return load_csv(data.path, user_col=data.csv_user_col, item_col=data.csv_item_col,
+                        timestamp_col=data.csv_timestamp_col, delimiter=data.csv_delimiter)
+    return load_dataset(data.kind, data.path)
+
+
+def _split(cfg: Config, interactions: Any) -> LeaveOneOutSplit:
+    return leave_one_out(interactions, num_eval_negatives=cfg.data.num_eval_negatives,
+                         seed=cfg.federated.seed)
 
 
 def load_split(cfg: Config, run_dir: Path) -> LeaveOneOutSplit:
     """Load (or, for synthetic data, generate once) the dataset and split it."""
     data = cfg.data
-    if data.kind == "synthetic":
-        path = Path(data.path) if data.path else run_dir / "data"
-        if not (path / "u.data").exists():
-            preset = SyntheticConfig.small() if data.synthetic_preset == "small" else SyntheticConfig()
-            preset = SyntheticConfig(**{**preset.__dict__, "seed": cfg.federated.seed})
-            generate_synthetic(path, preset)
-        interactions = load_dataset("synthetic", path)
-    elif data.kind == "csv":
-        from ffm_private.data import load_csv
-
-        interactions = load_csv(data.path, user_col=data.csv_user_col, item_col=data.csv_item_col,
-                                timestamp_col=data.csv_timestamp_col, delimiter=data.csv_delimiter)
-    else:
-        interactions = load_dataset(data.kind, data.path)
-    return leave_one_out(interactions, num_eval_negatives=data.num_eval_negatives,
-                         seed=cfg.federated.seed)
+    path = Path(data.path) if data.path else Path(run_dir) / DATA_DIR
+    if data.kind == "synthetic" and not synthetic_complete(path):
+        generate_synthetic(path, _synthetic_preset(cfg))  # atomic: a temp dir, then renames
+    return _split(cfg, _load_interactions(cfg, path))
 
 
 def local_config(cfg: Config) -> LocalTrainingConfig:
@@ -100,6 +130,44 @@ def local_config(cfg: Config) -> LocalTrainingConfig:
                                num_negatives=cfg.data.num_train_negatives)
 
 
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = value
+
+    walk("", cfg.to_dict())
+    return out
+
+
+#: Config fields that name files: compared as locations, not as strings.
+PATH_FIELDS = ("run_dir", "data.path", "pretrain.checkpoint", "privacy.per_user_caps_file")
+
+
+def config_differences(saved: Config, requested: Config) -> list[str]:
+    """``field: saved != requested`` for every field that differs (paths compared resolved)."""
+    a, b = _flat_config(saved), _flat_config(requested)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if key == "run_dir":  # the saved config was found in the requested directory
+            continue
+        if (key in PATH_FIELDS and isinstance(x, str) and isinstance(y, str) and x and y
+                and same_path(x, y)):
+            continue
+        if x != y:
+            out.append(f"{key}: {x!r} in the run != {y!r} requested")
+    return out
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class RunState:
     """Everything a checkpoint restores."""
@@ -108,19 +176,39 @@ class RunState:
     shared: dict[str, np.ndarray]
     personal: PersonalStore
     history: list[dict[str, Any]]
+    #: The privacy fingerprint the checkpoint recorded (``None`` without DP or for old runs).
+    privacy: dict[str, Any] | None = None
 
 
 class Simulation:
     """Drives a whole run: data, pretraining, rounds, evaluation, checkpoints, summary."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, evaluate_only: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress
+        self.directory = RunDir(self.run_dir)
+        self.privacy: RunPrivacy | None = None
+        self._staging: Path | None = None
+        self._resume_state: RunState | None = None
+        self.notes: list[str] = []
+        try:
+            if evaluate_only:
+                self._open_for_evaluation()
+            else:
+                self._set_up(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _set_up(self, resume: bool, overwrite: bool) -> None:
+        """Check everything in memory first; claim and write the directory only then."""
+        cfg = self.cfg
         resuming = self._check_directory(resume, overwrite)
         torch.manual_seed(cfg.federated.seed)
-        self.split = load_split(cfg, self.run_dir)
+        self.split = self._prepare_split(fresh=overwrite and not resuming)
         # Everything that can refuse the configuration runs before the directory is claimed.
         self.local_cfg = local_config(cfg)
         self.public = public_users(self.split.n_users, cfg.data.public_fraction,
@@ -137,17 +225,35 @@ class Simulation:
                                                  example_dp=self.privacy.example_dp)
         try:
             self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
-        except ValueError as err:  # options are checked by the protocol that reads them
+        except (ValueError, TypeError, OverflowError) as err:  # the protocol reads its options
             raise config_mod.ConfigError(f"[protocol] {err}") from err
         if self.privacy is not None:
             self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
+        self._check_protocol_fits()
+        given = self._given_backbone()
+        if given is None and not (resuming and self._backbone_path().exists()):
+            self._check_public_users()
+        # -- claim: marker first, then the lock; only now is anything written ---------------
+        self.directory.claim()
+        if overwrite and not resuming:
+            left = self.directory.clear()
+            if left:
+                self._say(f"--overwrite kept {len(left)} entr{'y' if len(left) == 1 else 'ies'} "
+                          f"it did not create in {self.run_dir}: {', '.join(left[:5])}")
+        self._install_data()
+        if resuming:
+            self._resume_state = self.load_checkpoint()
+            if self._resume_state is not None:
+                self._verify_privacy_state(self._resume_state)
         atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
         test_seed = (self.privacy.cfg.noise_seed if self.privacy is not None
                      and self.privacy.cfg.noise_seed >= 0 else None)
         self.secrets = SecretStore(self.run_dir, test_seed=test_seed)
         if self.privacy is not None:
             self.privacy.start(self.secrets, resuming=resuming)
-        self.backbone = self._backbone()
+            if self._resume_state is not None:
+                self._verify_secrets(self._resume_state)
+        self.backbone = given if given is not None else self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
         self.observer = ObservationRecorder(
@@ -156,27 +262,136 @@ class Simulation:
             total_rounds=cfg.federated.rounds, seed=cfg.federated.seed,
             extra={"model": cfg.model.kind, "n_users": self.split.n_users})
 
-    # -- set-up ---------------------------------------------------------------------------
+    def _open_for_evaluation(self) -> None:
+        """Read-only: the run's data, backbone and checkpoint; never pretrains or writes."""
+        if not self.directory.holds_run():
+            raise RunDirectoryError(f"{self.run_dir} holds no run (no config.toml)")
+        self.directory.lock()
+        self.split = self._prepare_split(fresh=False)
+        self.protocol = registry.create(self.cfg.protocol.name, dict(self.cfg.protocol.options))
+        given = self._given_backbone()
+        if given is None:
+            path = self._backbone_path()
+            if not path.exists():
+                raise CheckpointError(f"{self.run_dir} has no checkpoint to evaluate (no "
+                                      f"{path.name}: training never got past pretraining)")
+            given = load_arrays(path)
+        self.backbone = given
+        self.workspace = self._model(1)
+        self.spec = SharedSpec.of(self.workspace)
+
+    def close(self) -> None:
+        """Release the run lock and the ledger; drop staged data (idempotent)."""
+        if self.privacy is not None:
+            self.privacy.close()
+        self.directory.unlock()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
     def _check_directory(self, resume: bool, overwrite: bool) -> bool:
-        """Refuse to mix runs; return whether an existing run is being resumed."""
+        """Refuse to mix runs; return whether an existing run is being resumed (no writes)."""
+        d = self.directory
+        d.check_usable()
         config_path = self.run_dir / "config.toml"
-        if config_path.exists():
+        if d.holds_run():
             if resume:
+                d.lock()
                 saved = config_mod.load(config_path)
-                if saved != self.cfg:
+                diffs = config_differences(saved, self.cfg)
+                if diffs:
                     raise RunDirectoryError(
-                        f"{config_path} differs from the requested config; resume only with "
-                        "the run's own config (see config.toml in the run directory)")
+                        f"{config_path} differs from the requested config in "
+                        f"{len(diffs)} field(s): {'; '.join(diffs[:6])}. Resume only with the "
+                        "run's own config (see config.toml in the run directory)")
                 return True
             if not overwrite:
                 raise RunDirectoryError(
                     f"{self.run_dir} already holds a run; pass --resume to continue it, "
                     "--overwrite to replace it, or choose another run_dir")
-            shutil.rmtree(self.run_dir)
-        elif resume and (self.run_dir / CHECKPOINTS).exists():
-            raise RunDirectoryError(f"{self.run_dir} has checkpoints but no config.toml")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+            d.check_overwrite()
+            return False
+        if resume:
+            if (self.run_dir / CHECKPOINTS).exists():
+                raise RunDirectoryError(f"{self.run_dir} has checkpoints but no config.toml")
+            if not d.is_claimed():
+                raise RunDirectoryError(
+                    f"--resume: {self.run_dir} holds no run to resume (no config.toml); "
+                    "run without --resume to start one")
+            d.lock()  # claimed by a run that stopped before writing its config: start it
         return False
+
+    def _prepare_split(self, fresh: bool) -> LeaveOneOutSplit:
+        """The split; synthetic data is generated into a staging directory, installed later."""
+        cfg = self.cfg
+        source = Path(cfg.data.path) if cfg.data.path else self.run_dir / DATA_DIR
+        self._data_target: Path | None = None
+        fresh = fresh and not cfg.data.path  # a user-given data.path is never regenerated
+        if cfg.data.kind == "synthetic" and (fresh or not synthetic_complete(source)):
+            self._staging = Path(tempfile.mkdtemp(prefix="ffm-private-data-"))
+            staged = self._staging / DATA_DIR
+            generate_synthetic(staged, _synthetic_preset(cfg))
+            self._data_target, source = Path(cfg.data.path or self.run_dir / DATA_DIR), staged
+        return _split(cfg, _load_interactions(cfg, source))
+
+    def _install_data(self) -> None:
+        """Put staged synthetic data in place: complete or absent, whatever a crash hits."""
+        if self._staging is None or self._data_target is None:
+            return
+        target, staged = self._data_target, self._staging / DATA_DIR
+        if same_path(target, self.run_dir / DATA_DIR):
+            if target.exists():  # left half-written by a run killed while generating
+                foreign = sorted({p.name for p in target.iterdir()} - set(SYNTHETIC_FILES))
+                if foreign:
+                    raise RunDirectoryError(f"{target} holds files the generator did not "
+                                            f"write ({', '.join(foreign[:5])}); move them away")
+                shutil.rmtree(target)
+            install_tree(staged, target)
+        elif not synthetic_complete(target):
+            generate_synthetic(target, _synthetic_preset(self.cfg))  # writes only its own files
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging = None
+
+    def _backbone_path(self) -> Path:
+        return self.run_dir / CHECKPOINTS / "backbone.npz"
+
+    def _given_backbone(self) -> dict[str, np.ndarray] | None:
+        """``pretrain.checkpoint``, loaded and fitted to the model now (before any write)."""
+        path = self.cfg.pretrain.checkpoint
+        if not path:
+            return None
+        try:
+            state = load_arrays(path)
+            self.backbone = state
+            self._model(1)
+        except CorruptFileError as err:
+            raise config_mod.ConfigError(f"pretrain.checkpoint = {path!r}: {err}") from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise config_mod.ConfigError(
+                f"pretrain.checkpoint = {path!r} does not fit model {self.cfg.model.kind!r} "
+                f"(dim, history_length, items): {err}") from None
+        return state
+
+    def _check_public_users(self) -> None:
+        users = public_users(self.split.n_users, self.cfg.data.public_fraction,
+                             self.cfg.federated.seed)
+        if len(users) == 0:
+            raise config_mod.ConfigError(
+                f"data.public_fraction = {self.cfg.data.public_fraction!r} selects no public "
+                f"user of {self.split.n_users}: pretraining needs at least one (or set "
+                "pretrain.checkpoint)")
+
+    def _check_protocol_fits(self) -> None:
+        """Refuse protocol counts no round can meet: every round would abort."""
+        n = self.split.n_users
+        opts = getattr(self.protocol, "options", None)
+        for owner in (self.protocol, opts):
+            for name in ("min_clients", "threshold"):
+                value = getattr(owner, name, None) if owner is not None else None
+                if isinstance(value, int) and not isinstance(value, bool) and value > n:
+                    raise config_mod.ConfigError(
+                        f"protocol.options.{name} = {value} exceeds the {n} clients of the "
+                        "dataset: every round would abort")
 
     def user_ids(self) -> list[str]:
         """The dataset's id of each client (internal index -> id in the source files)."""
@@ -212,11 +427,12 @@ class Simulation:
         return model
 
     def _backbone(self) -> dict[str, np.ndarray]:
-        path = self.run_dir / CHECKPOINTS / "backbone.npz"
-        if self.cfg.pretrain.checkpoint:
-            return load_arrays(self.cfg.pretrain.checkpoint)
+        path = self._backbone_path()
         if path.exists():
-            return load_arrays(path)
+            try:
+                return load_arrays(path)
+            except CorruptFileError as err:  # derived data: pretraining again is exact
+                self._say(f"{err}; pretraining the backbone again")
         users = public_users(self.split.n_users, self.cfg.data.public_fraction,
                              self.cfg.federated.seed)
         state = pretrain_backbone(self.cfg.model, self.cfg.pretrain, self.split, users,
@@ -233,29 +449,113 @@ class Simulation:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
+        """Write round-NNNN/ (arrays, then state.json with their checksums), then LATEST."""
         ckpt = self.run_dir / CHECKPOINTS / f"round-{state.round_id:04d}"
         ckpt.mkdir(parents=True, exist_ok=True)
-        save_arrays(ckpt / "global.npz", state.shared)
-        state.personal.save(ckpt / "personal.npz")
-        meta: dict[str, Any] = {"round": state.round_id, "history": state.history}
+        files = {"global.npz": save_arrays(ckpt / "global.npz", state.shared),
+                 "personal.npz": state.personal.save(ckpt / "personal.npz")}
+        meta: dict[str, Any] = {"round": state.round_id, "history": state.history,
+                                "files": files, "privacy": self._privacy_fingerprint(state)}
         if self.privacy is not None:  # e.g. the adaptive clip: a resumed round uses the same
             meta["mechanism_state"] = self.privacy.mechanism.state()
-        atomic_write_json(ckpt / "state.json", meta)
+        meta["checksum"] = _digest(meta)
+        atomic_write_json(ckpt / STATE_FILE, meta)
         atomic_write_bytes(self.run_dir / CHECKPOINTS / LATEST, ckpt.name.encode())
         rounds = sorted(self.run_dir.glob(f"{CHECKPOINTS}/round-*"))
         for old in rounds[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def load_checkpoint(self) -> RunState | None:
-        latest = self.run_dir / CHECKPOINTS / LATEST
-        if not latest.exists():
-            return None
-        ckpt = self.run_dir / CHECKPOINTS / latest.read_text().strip()
-        meta = json.loads((ckpt / "state.json").read_text())
+    def _privacy_fingerprint(self, state: RunState) -> dict[str, Any] | None:
+        """What the privacy state must be at this checkpoint (see privacy/fingerprint.py)."""
+        out: dict[str, Any] = {"observations": fingerprint.observation_fingerprint(
+            self.run_dir / "observations", state.round_id)}
+        if self.privacy is not None:
+            out["ledger"] = fingerprint.ledger_fingerprint(
+                self.run_dir / PRIVACY_DIR / fingerprint.LEDGER_FILE, state.round_id)
+            out["secrets"] = self.privacy.secrets_fingerprint()
+        return out
+
+    def _read_checkpoint(self, ckpt: Path) -> RunState:
+        """One checkpoint, verified against its checksums; CorruptFileError names the file."""
+        meta = load_json(ckpt / STATE_FILE)
+        if not isinstance(meta, dict) or not isinstance(meta.get("round"), int) or \
+                not isinstance(meta.get("history"), list):
+            raise CorruptFileError(ckpt / STATE_FILE, "not a checkpoint state")
+        files = meta.get("files")
+        if "checksum" in meta:
+            recorded = meta.pop("checksum")
+            if _digest(meta) != recorded:
+                raise CorruptFileError(ckpt / STATE_FILE, "checksum mismatch: altered")
+        files = files if isinstance(files, dict) else {}
+        shared = load_arrays(ckpt / "global.npz", files.get("global.npz"))
+        personal = PersonalStore.load(ckpt / "personal.npz", files.get("personal.npz"))
         if self.privacy is not None and meta.get("mechanism_state"):
             self.privacy.mechanism.load_state(meta["mechanism_state"])
-        return RunState(meta["round"], load_arrays(ckpt / "global.npz"),
-                        PersonalStore.load(ckpt / "personal.npz"), meta["history"])
+        return RunState(meta["round"], shared, personal, meta["history"], meta.get("privacy"))
+
+    def load_checkpoint(self) -> RunState | None:
+        """The latest usable checkpoint; the previous one if the latest is damaged (said so).
+
+        ``None`` when none was written; :class:`CheckpointError` naming every damaged file
+        when checkpoints exist but none is usable.
+        """
+        if self._resume_state is not None:
+            return self._resume_state
+        root = self.run_dir / CHECKPOINTS
+        latest = root / LATEST
+        dirs = sorted((p for p in root.glob("round-*") if p.is_dir()), reverse=True)
+        named = None
+        if latest.exists():
+            try:
+                text = latest.read_bytes().decode("ascii").strip()
+            except UnicodeDecodeError:
+                text = ""
+            if text.startswith("round-") and (root / text).is_dir():
+                named = root / text
+            else:
+                self._say(f"{latest} is damaged ({text[:20]!r}); looking for the newest "
+                          "usable checkpoint")
+        # a directory without state.json is a checkpoint a crash interrupted: never complete
+        others = [d for d in dirs if d != named and (d / STATE_FILE).exists()]
+        if named is None and not others:
+            if latest.exists():
+                raise CheckpointError(f"{latest} names no checkpoint and none is left")
+            return None
+        order = ([named] if named else []) + others
+        problems = []
+        for ckpt in order:
+            try:
+                state = self._read_checkpoint(ckpt)
+            except CorruptFileError as err:
+                problems.append(str(err))
+                continue
+            if problems and named is not None:
+                self._say(f"checkpoint {named.name} is unusable ({problems[0]}); "
+                          f"resuming from {ckpt.name} instead")
+                self.notes.append(f"fell back to checkpoint {ckpt.name}: {problems[0]}")
+            return state
+        raise CheckpointError("no usable checkpoint in " + str(root) + ": " + "; ".join(problems))
+
+    def _verify_privacy_state(self, state: RunState) -> None:
+        """Refuse to resume over a lost or altered ledger or observation log.
+
+        (Lost or changed secrets are refused once the secret store is open:
+        :meth:`_verify_secrets`, and the server's secret by ``RunPrivacy.start``.)
+        """
+        recorded = state.privacy or {}
+        fingerprint.check_observations(self.run_dir / "observations", state.round_id,
+                                       recorded.get("observations", []))
+        if self.privacy is None:
+            return
+        folder = self.run_dir / PRIVACY_DIR
+        if "ledger" in recorded:
+            fingerprint.check_ledger(folder / fingerprint.LEDGER_FILE, state.round_id,
+                                     recorded["ledger"])
+
+    def _verify_secrets(self, state: RunState) -> None:
+        recorded = (state.privacy or {}).get("secrets")
+        if recorded is not None and self.privacy is not None:
+            self.privacy.verify_secrets(recorded)
 
     # -- the loop -----------------------------------------------------------------------------
     def evaluate(self, state: RunState) -> dict[str, float]:
@@ -339,6 +639,12 @@ class Simulation:
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) to the configured number of rounds; return the summary."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict[str, Any]:
         f = self.cfg.federated
         state = self.load_checkpoint() or self.initial_state()
         metrics_path = self.run_dir / "metrics.jsonl"
@@ -350,6 +656,9 @@ class Simulation:
         for round_id in range(state.round_id + 1, f.rounds + 1):
             start = time.perf_counter()
             row = self.run_round(state, round_id)
+            self._check_finite(state, round_id)
+            if row.get("aborted"):
+                self._say(f"round {round_id}/{f.rounds} aborted: {row['aborted']}")
             if round_id % f.eval_every == 0 or round_id == f.rounds:
                 row.update(self.evaluate(state))
                 self._say(self._line(row))
@@ -360,9 +669,23 @@ class Simulation:
                 fh.write(json.dumps(row) + "\n")
         self.observer.release(state.shared, state.round_id)
         summary = self.write_summary(state)
-        if self.privacy is not None:
-            self.privacy.close()
+        if summary["rounds_applied"] == 0:
+            raise NoRoundAppliedError(
+                f"every one of the {state.round_id} rounds aborted "
+                f"({summary['abort_reasons'][0] if summary['abort_reasons'] else '?'}): "
+                f"the model in {self.run_dir} was never trained; see summary.md")
         return summary
+
+    def _check_finite(self, state: RunState, round_id: int) -> None:
+        """Stop a diverged run: NaN or infinite shared parameters make every metric void."""
+        bad = [k for k, v in state.shared.items() if not np.all(np.isfinite(v))]
+        if bad:
+            f = self.cfg.federated
+            raise DivergedError(
+                f"round {round_id}: the shared model became non-finite (NaN or infinity in "
+                f"{', '.join(bad[:3])}); the last finite checkpoint is kept. Lower "
+                f"federated.server_lr (= {f.server_lr!r}) or federated.lr (= {f.lr!r}) and "
+                "start a new run")
 
     # -- reporting ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -381,12 +704,17 @@ class Simulation:
         k = self.cfg.evaluation.k
         evaluated = [r for r in state.history if f"valid_hr@{k}" in r]
         best = max(evaluated, key=lambda r: (r[f"valid_hr@{k}"], -r["round"]))
+        aborted = [r for r in state.history if r.get("aborted")]
+        reasons = sorted({str(r["aborted"]) for r in aborted})
         summary = {
             "run_dir": str(self.run_dir),
             "dataset": {"kind": self.cfg.data.kind, "users": self.split.n_users,
                         "items": self.split.n_items},
             "model": self.cfg.model.kind,
             "rounds": state.round_id,
+            "rounds_applied": len(state.history) - len(aborted),
+            "aborted_rounds": [r["round"] for r in aborted],
+            "abort_reasons": reasons,
             "selected_round": best["round"],
             "selection": f"round with the highest validation HR@{k}",
             "selected_metrics": {key: v for key, v in best.items()
@@ -400,6 +728,7 @@ class Simulation:
                         if self.privacy else NO_DP),
             "privacy_details": self.privacy.report(state.round_id) if self.privacy else None,
             "seconds_per_round": float(np.mean([r["seconds"] for r in state.history])),
+            "notes": list(self.notes),
         }
         atomic_write_json(self.run_dir / "summary.json", summary)
         atomic_write_bytes(self.run_dir / "summary.md", render_summary(summary, k).encode())
@@ -416,6 +745,7 @@ def render_summary(summary: dict[str, Any], k: int) -> str:
         f"({summary['shared_parameters']} shared parameters)",
         f"- rounds: {summary['rounds']}; selected round {summary['selected_round']} "
         f"({summary['selection']})",
+        *_abort_lines(summary),
         f"- protocol: {summary['protocol']}",
         f"- privacy: {summary['privacy']}",
         "",
@@ -428,6 +758,18 @@ def render_summary(summary: dict[str, Any], k: int) -> str:
             p = f"{pop[key]:.4f}" if key in pop else "-"
             lines.append(f"| {key} | {sel[key]:.4f} | {p} |")
     return "\n".join(lines) + "\n"
+
+
+def _abort_lines(summary: dict[str, Any]) -> list[str]:
+    aborted = summary.get("aborted_rounds") or []
+    lines = []
+    if aborted:
+        shown = ", ".join(map(str, aborted[:10])) + (", ..." if len(aborted) > 10 else "")
+        lines.append(f"- **aborted rounds: {len(aborted)} of {summary['rounds']}** ({shown}); "
+                     f"applied: {summary.get('rounds_applied', '?')}; reasons: "
+                     + "; ".join(summary.get("abort_reasons", [])[:3]))
+    lines += [f"- note: {n}" for n in summary.get("notes", [])]
+    return lines
 
 
 def run_training(cfg: Config, *, resume: bool = False, overwrite: bool = False,

@@ -6,14 +6,28 @@ so a crash leaves either the old or the new version, never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ffm_private.errors import CorruptFileError
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -37,16 +51,47 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Save named arrays as one ``.npz`` file, atomically."""
+def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:
+    """Save named arrays as one ``.npz`` file, atomically; return the SHA-256 of its bytes."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def load_arrays(path: str | Path, sha256: str | None = None) -> dict[str, np.ndarray]:
+    """Named arrays of an ``.npz`` file; any damage is a :class:`CorruptFileError`.
+
+    With ``sha256`` the file's bytes must also match that checksum (written beside it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(path, "file not found" if not path.exists() else
+                               "not a regular file")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise CorruptFileError(path, f"checksum mismatch (sha256 {actual[:12]}..., "
+                                         f"recorded {sha256[:12]}...): the file was altered "
+                                         "or truncated")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, zlib.error) as err:
+        raise CorruptFileError(path, f"unreadable array file ({type(err).__name__}: "
+                                     f"{err})") from None
+
+
+def load_json(path: str | Path) -> Any:
+    """A JSON file the run wrote; missing, empty, truncated or non-UTF-8 is typed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(path, "file not found")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CorruptFileError(path, f"not valid JSON ({err})") from None
 
 
 class PersonalStore:
@@ -73,9 +118,12 @@ class PersonalStore:
         for k, v in state.items():
             self.arrays[k][client] = v
 
-    def save(self, path: str | Path) -> None:
-        save_arrays(path, self.arrays)
+    def save(self, path: str | Path) -> str:
+        return save_arrays(path, self.arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> PersonalStore:
-        return cls(load_arrays(path))
+    def load(cls, path: str | Path, sha256: str | None = None) -> PersonalStore:
+        try:
+            return cls(load_arrays(path, sha256))
+        except ValueError as err:
+            raise CorruptFileError(path, str(err)) from None

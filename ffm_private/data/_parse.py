@@ -20,16 +20,26 @@ _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def read_bytes(path: Path) -> bytes:
-    """The file's content, or a DataError that says it is missing or unreadable."""
+    """The file's content without a UTF-8 byte-order mark, or a DataError that says it is
+    missing, unreadable or binary (a NUL byte, reported with its line)."""
     if not path.exists():
         raise DataError("file not found", path=path)
     if not path.is_file():
         raise DataError("not a regular file", path=path)
     try:
-        return path.read_bytes()
+        raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read file: {err.strerror or err}", path=path) from err
+    raw = raw.removeprefix(_BOM)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError("NUL byte: not a text file (or a damaged one)", path=path,
+                        line=raw.count(b"\n", 0, nul) + 1)
+    return raw
 
 
 def split_lines(raw: bytes, encoding: str) -> list[str]:

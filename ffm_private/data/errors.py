@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from os import PathLike
 
+from ffm_private.errors import FFMPrivateError
 
-class DataError(ValueError):
+
+class DataError(FFMPrivateError, ValueError):
     """Bad or missing data, located as precisely as the input allows.
 
     ``str(err)`` reads ``"<file>, line <n>: <reason>"`` so a user can open the file at the

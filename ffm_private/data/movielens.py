@@ -65,6 +65,11 @@ def load_movielens_100k(path: str | PathLike[str]) -> Interactions:
                          for r, ln in zip(rows, lines, strict=True)], dtype=np.int64)
     ages = np.array([parse_int(users_path, r[1], ln, "age")
                      for r, ln in zip(rows, lines, strict=True)], dtype=np.int64)
+    bad_age = np.flatnonzero((ages < 0) | (ages > 150))
+    if len(bad_age):
+        k = int(bad_age[0])
+        raise DataError(f"age must be in 0..150, found {ages[k]}", path=users_path,
+                        line=int(lines[k]))
     gender = _codes(users_path, [r[2].strip() for r in rows], lines, GENDERS, "gender")
     labels = [r[3].strip() for r in rows]
     occupations = ML100K_OCCUPATIONS + sorted(set(labels) - set(ML100K_OCCUPATIONS) - {""})

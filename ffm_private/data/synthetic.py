@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from os import PathLike
 from pathlib import Path
@@ -163,11 +165,33 @@ def generate_synthetic(out_dir: str | PathLike[str],
                        config: SyntheticConfig = SyntheticConfig()) -> Path:  # noqa: B008
     """Write a synthetic dataset to ``out_dir`` (created if needed) and return its path.
 
-    Deterministic: the same config writes byte-identical files.
+    Deterministic: the same config writes byte-identical files. Crash-safe: the files are
+    written into a temporary sibling directory, which is renamed to ``out_dir`` (or, when
+    ``out_dir`` already holds other files, each file is renamed into it, the summary
+    ``synthetic.json`` last), so a killed generator never leaves a half-written dataset.
     """
-    cfg = config
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_synthetic(tmp, config)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if not out.exists():
+            os.rename(tmp, out)
+            return out
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in sorted(names, key=lambda n: n == CONFIG_FILE):
+            os.replace(tmp / name, out / name)
+        tmp.rmdir()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_synthetic(out: Path, cfg: SyntheticConfig) -> None:
     root = np.random.SeedSequence([0x5F17, cfg.seed])
     s_traits, s_items, s_attr, s_activity, s_cover, s_draw, s_time, s_misc = root.spawn(8)
     n_users, n_items, K = cfg.n_users, cfg.n_items, cfg.n_traits
@@ -231,7 +255,6 @@ def generate_synthetic(out_dir: str | PathLike[str],
                   "user_gini": _gini(quota), "male_share": float(gender.mean())},
     }
     (out / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return out
 
 
 def load_personality(path: str | PathLike[str], data: Interactions | None = None

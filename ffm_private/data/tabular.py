@@ -28,21 +28,30 @@ def load_csv(path: str | PathLike[str], *, user_col: str = "user", item_col: str
     if min_rating is not None and rating_col is None:
         raise ValueError("min_rating needs rating_col")
     file = Path(path)
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise DataError(f"delimiter {delimiter!r} must be one character other than a quote "
+                        "or a line break", path=file)
+    for col in (user_col, item_col, timestamp_col, rating_col):
+        if col is not None and not col.strip():
+            raise DataError("column names must be non-empty", path=file)
     text = read_bytes(file).decode(encoding, errors="replace").removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    while header is not None and not header:
+    try:
         header = next(reader, None)
-    if header is None:
-        raise DataError("empty file: no header row", path=file)
-    header_line = reader.line_num
+        while header is not None and not header:
+            header = next(reader, None)
+        if header is None:
+            raise DataError("empty file: no header row", path=file)
+        header_line = reader.line_num
+        rows = [r for r in reader if r]
+    except csv.Error as err:
+        raise DataError(f"malformed CSV: {err}", path=file, line=reader.line_num) from None
     names = [h.strip() for h in header]
     wanted = [c for c in (user_col, item_col, timestamp_col, rating_col) if c is not None]
     for col in wanted:
         if col not in names:
             raise DataError(f"column {col!r} not in header {names}", path=file,
                             line=header_line)
-    rows = [r for r in reader if r]
     if not rows:
         raise DataError("no data rows after the header", path=file, line=header_line)
 
@@ -60,6 +69,11 @@ def load_csv(path: str | PathLike[str], *, user_col: str = "user", item_col: str
 
     users = _ids(column(user_col))
     items = _ids(column(item_col))
+    for ids, col in ((users, user_col), (items, item_col)):
+        if ids.dtype.kind == "U":
+            empty = np.flatnonzero(ids == "")
+            if len(empty):
+                raise DataError(f"empty {col} id", path=file, line=lines[int(empty[0])])
     timestamp = None
     if timestamp_col is not None:
         timestamp = parse_int_column(file, column(timestamp_col), lines.array(), timestamp_col)

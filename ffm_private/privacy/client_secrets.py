@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ffm_private.errors import PrivacyStateError
 from ffm_private.privacy.errors import PrivacyError
 from ffm_private.privacy.mechanisms import NoiseSource
 
@@ -33,7 +34,7 @@ SECRET_BYTES = 32
 SERVER = "server"
 
 
-class MissingSecretError(PrivacyError):
+class MissingSecretError(PrivacyError, PrivacyStateError):
     """A party's secret is gone although what it protects is already on record."""
 
 

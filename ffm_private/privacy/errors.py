@@ -7,8 +7,10 @@ tell "this user must decline" apart from "the ledger is inconsistent".
 
 from __future__ import annotations
 
+from ffm_private.errors import FFMPrivateError
 
-class PrivacyError(Exception):
+
+class PrivacyError(FFMPrivateError):
     """Base class of every error raised by :mod:`ffm_private.privacy`."""
 
 
