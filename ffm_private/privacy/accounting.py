@@ -44,6 +44,8 @@ RDP_ORDERS: tuple[float, ...] = tuple(
 the bound (the minimum is taken over orders); they matter when noise is large and sampling
 is absent (``q = 1``), where Opacus's defaults stop short of the optimum."""
 
+MIN_NOISE = 0.3
+"""Smallest noise multiplier the search considers (see :func:`_check_reachable`)."""
 _MAX_NOISE = 1e6
 
 
@@ -192,11 +194,27 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return epsilon_for_events([event], delta, accountant)
 
 
+def _check_reachable(target: float, history: tuple[tuple[float, float, int], ...],
+                     delta: float, accountant: str) -> None:
+    """Refuse at once a target so loose that it needs less noise than the search covers.
+
+    Below ``MIN_NOISE`` the accountants slow down sharply (the search for epsilon = 1e9 did
+    not finish in minutes); such a target protects nothing useful anyway.
+    """
+    floor = _epsilon_cached(history, delta, accountant)
+    if floor <= target:
+        raise AccountingError(
+            f"epsilon = {target:g} is looser than noise multiplier {MIN_NOISE:g} already gives "
+            f"(epsilon {floor:.4g} at delta {delta:g}); such a target protects nearly nothing: "
+            "lower the target or set privacy.noise_multiplier directly")
+
+
 @lru_cache(maxsize=1024)
 def _noise_single(target: float, rate: float, steps: int, delta: float, accountant: str,
                   tolerance: float) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
+    _check_reachable(target, ((MIN_NOISE, rate, steps),), delta, accountant)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,7 +237,8 @@ def _noise_phases(target: float, phases: tuple[tuple[float, int], ...], delta: f
     def eps(sigma: float) -> float:
         return _epsilon_cached(tuple((sigma, q, n) for q, n in phases), delta, accountant)
 
-    low, high, eps_high = 0.0, 10.0, math.inf
+    _check_reachable(target, tuple((MIN_NOISE, q, n) for q, n in phases), delta, accountant)
+    low, high, eps_high = MIN_NOISE, 10.0, math.inf
     while eps_high > target:
         high *= 2
         if high > _MAX_NOISE:

@@ -296,3 +296,15 @@ def test_budget_command_plans_the_personal_phase(capsys):
     assert f"{epsilon_for(1.0, 0.1, 50, DELTA, 'rdp'):.3f}" not in out
     helptext = parser._subparsers._group_actions[0].choices["budget"].format_help()
     assert "N_user" not in helptext and "--personal-steps" in helptext
+
+
+def test_a_target_looser_than_the_search_range_is_refused_at_once(capsys):
+    """`budget --epsilon 1e9` used to search for minutes (and ignore SIGTERM)."""
+    import time
+
+    from ffm_private.cli import main
+
+    start = time.perf_counter()
+    code = main(["budget", "--epsilon", "1e9", "--rounds", "100", "--client-rate", "0.1"])
+    assert code == 2 and time.perf_counter() - start < 30
+    assert "looser than noise multiplier 0.3" in capsys.readouterr().err
