@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ffm_private.errors import PrivacyStateError
 from ffm_private.privacy.errors import PrivacyError
 from ffm_private.privacy.mechanisms import NoiseSource
+from ffm_private.storage import atomic_write_bytes
 
 SECRET_BYTES = 32
 SERVER = "server"
@@ -42,23 +43,6 @@ def derive(secret: bytes, label: str, round_id: int, size: int = SECRET_BYTES) -
     """HKDF-SHA256 of ``secret`` for one use (``label``) in one round."""
     return HKDF(algorithm=hashes.SHA256(), length=size, salt=None,
                 info=f"ffm-private/{label}/round={round_id}".encode()).derive(secret)
-
-
-def _write_secret(path: Path, secret: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class SecretStore:
@@ -99,8 +83,7 @@ class SecretStore:
                         " has already released data protected by it: the secret cannot be "
                         "recreated (a new one would release different noise for replayed rounds)"
                     ) from None
-                value = os.urandom(SECRET_BYTES)
-                _write_secret(path, value)
+                atomic_write_bytes(path, os.urandom(SECRET_BYTES), mode=0o600)
                 value = path.read_bytes()
             if len(value) != SECRET_BYTES:
                 raise MissingSecretError(f"{path}: expected {SECRET_BYTES} bytes of secret, "

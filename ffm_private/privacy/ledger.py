@@ -13,7 +13,7 @@ applied to the composition of all their rows plus the new charge. The epsilon af
 spend is stored too, and :meth:`PrivacyLedger.spent` reports the largest one.
 
 A replayed round must re-send the *same* update: regenerate its randomness from a persisted
-secret (:meth:`ffm_private.privacy.mechanisms.NoiseSource.persistent`). Passing the update's
+secret (:class:`ffm_private.privacy.client_secrets.SecretStore`). Passing the update's
 ``digest`` lets the ledger catch a replay whose content changed (a second release of the same
 data, which this ledger would otherwise not charge).
 """

@@ -9,9 +9,10 @@ Noise randomness (see ``docs/privacy.md``, "Randomness"):
   via :meth:`NoiseSource.from_secret`) and derives one
   :class:`~ffm_private.privacy.secure_random.SecureGenerator` (ChaCha20 keyed by
   HKDF-SHA256 of the secret and the label ``(round, party, purpose)``) per stream.
-  :meth:`NoiseSource.persistent` keeps the secret in a 0600 file so that a round replayed
-  after a crash re-sends the *same* noisy update (a different one would be a second release
-  of the same data).
+  Each party's secret is persisted (mode 0600, before first use) by
+  :class:`~ffm_private.privacy.client_secrets.SecretStore`, so that a round replayed after a
+  crash re-sends the *same* noisy update (a different one would be a second release of the
+  same data).
 - Tests: ``NoiseSource(test_seed=...)`` is reproducible and therefore offers **no privacy**;
   :attr:`NoiseSource.is_test_seeded` lets the run summary say so.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -214,36 +214,6 @@ class NoiseSource:
         if len(secret) != _ENTROPY_BYTES:
             raise ValueError(f"a noise secret is {_ENTROPY_BYTES} bytes, got {len(secret)}")
         return cls(entropy=int.from_bytes(bytes(secret), "big"))
-
-    @classmethod
-    def persistent(cls, path: str | Path) -> NoiseSource:
-        """Load the secret from ``path``, creating it (32 random bytes, mode 0600) if absent.
-
-        Keeping it lets a replayed round regenerate exactly the noise it already released.
-        """
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, os.urandom(_ENTROPY_BYTES))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            raw = path.read_bytes()
-        if len(raw) != _ENTROPY_BYTES:
-            raise ValueError(f"{path}: expected {_ENTROPY_BYTES} bytes of noise entropy, "
-                             f"found {len(raw)}")
-        return cls.from_secret(raw)
 
     def _stream(self, round_id: int, party: tuple[str, int | str], purpose: int
                 ) -> SecureGenerator:

@@ -112,15 +112,21 @@ def test_per_client_streams_are_independent_and_reproducible():
     assert "entropy" not in repr(source)
 
 
-def test_persistent_source_keeps_its_secret_with_private_permissions(tmp_path):
-    path = tmp_path / "noise.key"
-    first = NoiseSource.persistent(path).generator(5, 3).normal(size=16)
+def test_secret_store_keeps_each_secret_private_and_stable(tmp_path):
+    from ffm_private.privacy.client_secrets import MissingSecretError, SecretStore
+
+    store = SecretStore(tmp_path)
+    first = store.noise(3).generator(5, 3).normal(size=16)
+    path = store.path(3)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert path.stat().st_size == 32
-    np.testing.assert_array_equal(first, NoiseSource.persistent(path).generator(5, 3).normal(size=16))
+    again = SecretStore(tmp_path).noise(3).generator(5, 3).normal(size=16)
+    np.testing.assert_array_equal(first, again)
     path.write_bytes(b"short")
-    with pytest.raises(ValueError, match="32 bytes"):
-        NoiseSource.persistent(path)
+    with pytest.raises(MissingSecretError, match="32 bytes"):
+        SecretStore(tmp_path).noise(3)
+    with pytest.raises(MissingSecretError, match="missing"):
+        SecretStore(tmp_path).secret("server", must_exist=True)
 
 
 def test_dp_sum_clips_each_update_then_adds_sigma_c_noise():
