@@ -196,3 +196,24 @@ def test_a_secagg_ddg_run_trains_and_resumes(tiny_config, monkeypatch):
     assert spends and max(e for _, _, e, _ in spends) <= plan["epsilon"] + 1e-9
     sim = Simulation(cfg, resume=True, progress=False)
     assert sim.privacy.mechanism.encoding == "integer"
+
+
+def test_config_keys_are_checked_with_their_names(tmp_path):
+    from ffm_private.privacy.config import PrivacyConfig
+
+    with pytest.raises(ConfigError, match="privacy.distributed_noise = 'binomial'"):
+        PrivacyConfig.from_dict({**DDG, "distributed_noise": "binomial"})
+    with pytest.raises(ConfigError, match="privacy.ddg_gamma applies"):
+        PrivacyConfig.from_dict({**DDG, "distributed_noise": "gaussian", "ddg_gamma": 0.1})
+    with pytest.raises(ConfigError, match="privacy.ddg_gamma"):
+        PrivacyConfig.from_dict({**DDG, "ddg_gamma": -1.0})
+    privacy = _privacy(tmp_path, "secagg", 16, {"min_clients": 10}, ddg_gamma=1e-4)
+    assert privacy.mechanism.gamma == 1e-4  # a configured step is used as given
+
+
+def test_a_gaussian_plan_is_not_resumed_as_a_discrete_one(tmp_path):
+    _privacy(tmp_path, "secagg", 16, {"min_clients": 10, "clip": 100.0},
+             distributed_noise="gaussian")
+    with pytest.raises(UnsupportedClaimError, match="planned for other settings"):
+        RunPrivacy.prepare(DDG, tmp_path, user_ids=range(40), rounds=5, client_fraction=0.5,
+                           protocol="secagg", resume=True)
