@@ -84,14 +84,15 @@ class Server:
 
     def aggregate(self, round_id: int, updates: Mapping[int, ClientUpdate], *,
                   channel: Channel | None = None, seed: int = 0,
-                  secrets: Mapping[int, bytes] | None = None) -> RoundOutcome:
+                  secrets: Mapping[int, bytes] | None = None,
+                  encoding: str = "float") -> RoundOutcome:
         """Sum the updates through the protocol and take a FedAvg step with their mean.
 
         A round without a sum (nobody took part, or the protocol aborted below its minimum)
         releases what the averager owes for it: nothing (the state is unchanged) or, under
         central DP, a noise-only step. Too few distributed noise shares discard the round.
-        ``secrets`` are the clients' own protocol secrets (see
-        :meth:`protocols.base.AggregationProtocol.aggregate`).
+        ``secrets`` are the clients' own protocol secrets and ``encoding`` the protocol path
+        (see :meth:`protocols.base.AggregationProtocol.aggregate`).
         """
         for cid, upd in updates.items():
             if upd.round_id != round_id or upd.client_id != cid:
@@ -101,7 +102,7 @@ class Server:
             if updates:
                 result = self.protocol.aggregate(
                     round_id, {cid: u.delta for cid, u in updates.items()}, channel=channel,
-                    seed=seed, secrets=secrets)
+                    seed=seed, secrets=secrets, encoding=encoding)
         except TooFewClients as err:
             aborted = str(err)
         try:

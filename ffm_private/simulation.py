@@ -603,7 +603,9 @@ class Simulation:
         # each client keys its protocol randomness (stochastic rounding) from its own secret
         secrets = (None if self.protocol.reveals_individual_updates
                    else self.secrets.protocol_secrets(round_id, sorted(updates)))
-        outcome = server.aggregate(round_id, updates, seed=f.seed, secrets=secrets)
+        encoding = self.privacy.mechanism.encoding if self.privacy is not None else "float"
+        outcome = server.aggregate(round_id, updates, seed=f.seed, secrets=secrets,
+                                   encoding=encoding)
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id

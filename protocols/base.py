@@ -62,6 +62,10 @@ class AggregationProtocol(ABC):
     - ``private_statistics_option``: the option that stops clients from sending un-noised
       statistics beside their vector (e.g. a count of clipped coordinates), set false by the
       privacy layer when the server is untrusted (``None``: the protocol sends none).
+    - ``integer_modulus``: the modulus ``M`` of the exact integer path (``None``: no such
+      path). With ``encoding="integer"`` each update is an int64 vector already reduced into
+      ``[0, M)``; the protocol sums the vectors exactly modulo ``M`` (no codec, no clamp, no
+      rounding) and ``total`` is the centred lift of that sum (:func:`centred_lift`).
     """
 
     name: ClassVar[str]
@@ -71,6 +75,7 @@ class AggregationProtocol(ABC):
     min_clients: int = 1
     value_range: float | None = None
     private_statistics_option: ClassVar[str | None] = None
+    integer_modulus: int | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AggregationProtocol:
@@ -89,8 +94,12 @@ class AggregationProtocol(ABC):
         channel: Channel | None = None,
         seed: int = 0,
         secrets: Mapping[int, bytes] | None = None,
+        encoding: str = "float",
     ) -> AggregateResult:
         """Sum ``updates`` (client id -> 1-D float vector) as the protocol allows.
+
+        ``encoding="integer"`` (protocols with an :attr:`integer_modulus` only): updates are
+        int64 vectors in ``[0, M)``, summed exactly modulo ``M``; see :func:`check_encoding`.
 
         ``secrets[c]`` is a 32-byte secret that only client ``c`` holds (derived by the caller
         from the client's own persistent secret for this round): every random choice the
@@ -115,6 +124,59 @@ class AggregationProtocol(ABC):
         if self.reveals_individual_updates:
             return f"{self.name}: the server sees every client's shared update"
         return f"{self.name}: the server learns only the sum of the sampled clients' shared updates"
+
+
+ENCODINGS = ("float", "integer")
+
+
+def check_encoding(protocol: AggregationProtocol, encoding: str) -> bool:
+    """Whether ``encoding`` selects the exact integer path; refuse what the protocol lacks."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding = {encoding!r} is not one of {list(ENCODINGS)}")
+    if encoding == "integer" and protocol.integer_modulus is None:
+        raise ValueError(f"protocol {protocol.name!r} has no exact integer path "
+                         "(integer_modulus is None)")
+    return encoding == "integer"
+
+
+def centred_lift(residues: np.ndarray, modulus: int) -> np.ndarray:
+    """Residues modulo ``modulus`` lifted to ``[-floor(M/2), ceil(M/2))`` as float64 integers.
+
+    Exact: ``M <= 2**53`` and every value is an integer, so float64 holds it.
+    """
+    r = np.mod(np.asarray(residues).astype(np.int64), np.int64(modulus))
+    return np.where(r >= (modulus + 1) // 2, r - modulus, r).astype(np.float64)
+
+
+def check_integer_updates(updates: Mapping[int, np.ndarray],
+                          modulus: int) -> tuple[list[int], int]:
+    """Validate integer-path inputs: 1-D int64 vectors in ``[0, modulus)``, one length.
+
+    Like :func:`check_updates`: the caller's own vectors, so problems are :class:`WrongLength`
+    or :class:`ValueError` naming the client.
+    """
+    if not updates:
+        raise ValueError("no client updates to aggregate")
+    ids = sorted(updates)
+    length = None
+    for cid in ids:
+        vec = np.asarray(updates[cid])
+        if vec.ndim != 1:
+            raise WrongLength(f"update must be 1-D, got shape {vec.shape}", client_id=cid)
+        if vec.dtype != np.int64:
+            raise ValueError(f"client {cid}: an integer-path update must be int64, got "
+                             f"{vec.dtype}")
+        if vec.size and (int(vec.min()) < 0 or int(vec.max()) >= modulus):
+            raise ValueError(f"client {cid}: integer-path values must lie in [0, {modulus}) "
+                             "(reduce them modulo the protocol's integer_modulus)")
+        if length is None:
+            length = vec.shape[0]
+        elif vec.shape[0] != length:
+            raise WrongLength(
+                f"update has length {vec.shape[0]}, others have {length}", client_id=cid
+            )
+    assert length is not None
+    return ids, length
 
 
 def check_updates(updates: Mapping[int, np.ndarray]) -> tuple[list[int], int]:

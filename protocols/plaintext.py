@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from protocols.base import AggregateResult, AggregationProtocol, check_updates
+from protocols.base import (
+    AggregateResult,
+    AggregationProtocol,
+    centred_lift,
+    check_encoding,
+    check_integer_updates,
+    check_updates,
+)
 from protocols.channel import Channel
 from protocols.errors import (
     DuplicateMessage,
@@ -25,22 +32,30 @@ from protocols.errors import (
 
 _MAGIC = b"FFMP"
 _VERSION = 1
+_INT_VERSION = 2  # the integer path: int64 residues, so a message cannot be read as the other
+INTEGER_MODULUS = 2**32
 _HEADER = struct.Struct("<4sBqqI")  # magic, version, round, client, length
 
 
-def encode_update(round_id: int, client_id: int, vector: np.ndarray) -> bytes:
-    """Serialize one client's float vector (little-endian float64) with its header."""
-    vec = np.ascontiguousarray(vector, dtype="<f8")
-    return _HEADER.pack(_MAGIC, _VERSION, round_id, client_id, vec.shape[0]) + vec.tobytes()
+def encode_update(round_id: int, client_id: int, vector: np.ndarray, *,
+                  integer: bool = False) -> bytes:
+    """Serialize one client's vector (little-endian float64, or int64 on the integer path)."""
+    vec = np.ascontiguousarray(vector, dtype="<i8" if integer else "<f8")
+    version = _INT_VERSION if integer else _VERSION
+    return _HEADER.pack(_MAGIC, version, round_id, client_id, vec.shape[0]) + vec.tobytes()
 
 
-def decode_update(payload: bytes, *, round_id: int, client_id: int, length: int) -> np.ndarray:
-    """Parse and validate one upload; raise a typed error naming the client."""
+def decode_update(payload: bytes, *, round_id: int, client_id: int, length: int,
+                  modulus: int | None = None) -> np.ndarray:
+    """Parse and validate one upload; raise a typed error naming the client.
+
+    ``modulus`` given: an integer-path upload, whose values must lie in ``[0, modulus)``.
+    """
     stage = PlaintextProtocol.stages[0]
     if len(payload) < _HEADER.size:
         raise MalformedMessage("message shorter than its header", client_id=client_id, stage=stage)
     magic, version, rnd, cid, n = _HEADER.unpack_from(payload)
-    if magic != _MAGIC or version != _VERSION:
+    if magic != _MAGIC or version != (_VERSION if modulus is None else _INT_VERSION):
         raise MalformedMessage("unknown message type or version", client_id=client_id, stage=stage)
     if cid != client_id:
         raise MalformedMessage(f"message claims to be from client {cid}", client_id=client_id, stage=stage)
@@ -49,6 +64,12 @@ def decode_update(payload: bytes, *, round_id: int, client_id: int, length: int)
     if n != length or len(payload) != _HEADER.size + 8 * length:
         raise WrongLength(f"vector length {n} (payload {len(payload)} bytes), expected {length}",
                           client_id=client_id, stage=stage)
+    if modulus is not None:
+        ints = np.frombuffer(payload, dtype="<i8", offset=_HEADER.size)
+        if ints.size and (int(ints.min()) < 0 or int(ints.max()) >= modulus):
+            raise MalformedMessage(f"integer values outside [0, {modulus})", client_id=client_id,
+                                   stage=stage)
+        return ints.astype(np.int64)
     vec = np.frombuffer(payload, dtype="<f8", offset=_HEADER.size)
     if not np.all(np.isfinite(vec)):
         raise MalformedMessage("vector contains NaN or infinity", client_id=client_id, stage=stage)
@@ -70,12 +91,14 @@ class PlaintextProtocol(AggregationProtocol):
 
     Capabilities: it reveals every update, so per-client noise shares protect nothing
     (``supports_distributed_noise`` is false); ``min_clients`` aborts a round below it.
+    Its integer path (modulus ``2**32``, like SecAgg+) is the reference for the secure ones.
     """
 
     name = "plaintext"
     stages = ("update",)
     reveals_individual_updates = True
     supports_distributed_noise = False
+    integer_modulus = INTEGER_MODULUS
 
     def __init__(self, min_clients: int = 1) -> None:
         self.min_clients = _min_clients(min_clients)
@@ -98,20 +121,26 @@ class PlaintextProtocol(AggregationProtocol):
         channel: Channel | None = None,
         seed: int = 0,
         secrets: Mapping[int, bytes] | None = None,
+        encoding: str = "float",
     ) -> AggregateResult:
         channel = channel or Channel()
-        ids, length = check_updates(updates)
+        integer = check_encoding(self, encoding)
+        modulus = self.integer_modulus if integer else None
+        ids, length = (check_integer_updates(updates, INTEGER_MODULUS) if integer
+                       else check_updates(updates))
         stage = self.stages[0]
         received: dict[int, np.ndarray] = {}
         rejected: dict[int, ProtocolError] = {}
         dropped: list[int] = []
         for cid in ids:
-            payload = channel.upload(stage, cid, encode_update(round_id, cid, updates[cid]))
+            payload = channel.upload(stage, cid, encode_update(round_id, cid, updates[cid],
+                                                               integer=integer))
             if payload is None:
                 dropped.append(cid)
                 continue
             try:
-                vec = decode_update(payload, round_id=round_id, client_id=cid, length=length)
+                vec = decode_update(payload, round_id=round_id, client_id=cid, length=length,
+                                    modulus=modulus)
                 if cid in received:
                     raise DuplicateMessage("second update in one round", client_id=cid, stage=stage)
                 received[cid] = vec
@@ -122,9 +151,15 @@ class PlaintextProtocol(AggregationProtocol):
                 f"{len(received)} valid updates, at least {self.min_clients} required", stage=stage
             )
         contributors = tuple(sorted(received))
-        total = np.zeros(length, dtype=np.float64)
-        for cid in contributors:
-            total += received[cid]
+        if integer:
+            acc = np.zeros(length, dtype=np.int64)
+            for cid in contributors:  # each term < 2**32: no int64 overflow before reducing
+                acc = np.mod(acc + received[cid], INTEGER_MODULUS)
+            total = centred_lift(acc, INTEGER_MODULUS)
+        else:
+            total = np.zeros(length, dtype=np.float64)
+            for cid in contributors:
+                total += received[cid]
         return AggregateResult(
             total=total,
             contributors=contributors,

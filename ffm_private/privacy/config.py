@@ -57,6 +57,14 @@ class PrivacyConfig:
                          "gdp is refused for claims.")
     noise_placement: str = _f("central", "user mode: central (trusted server adds the noise) "
                               "or distributed (each client adds its share before masking).")
+    distributed_noise: str = _f("gaussian", "distributed: gaussian (float shares through the "
+                                "protocol's fixed-point codec) or discrete_gaussian (integer "
+                                "shares summed exactly modulo the protocol's integer_modulus, "
+                                "Kairouz-Liu-Steinke 2021; needs accountant = 'rdp' and "
+                                "secagg or he with scheme bfv).")
+    ddg_gamma: float = _f(0.0, "discrete_gaussian: grid step of the integer shares (0: the "
+                          "finest step whose sums of all clients' shares fit in the modulus, "
+                          "true values plus 8 std of the summed noise; see docs/privacy.md).")
     min_survivors: int = _f(0, "distributed: fewest clients whose noise shares must reach the "
                             "sum (honest survivors); the round is discarded below it.")
     expected_clients_per_round: float = _f(0.0, "user mode, central noise (required there): "
@@ -158,6 +166,7 @@ class PrivacyConfig:
         if not distributed and self.min_survivors:
             raise ConfigError("privacy.min_survivors applies only to noise_placement = "
                               "'distributed' in mode = 'user'")
+        self._validate_distributed_noise(distributed)
         _num("privacy.expected_clients_per_round", self.expected_clients_per_round,
              allow_zero=True)
         if self.mode == "user" and not distributed and self.expected_clients_per_round <= 0:
@@ -186,6 +195,25 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.per_user_caps_file = {self.per_user_caps_file!r} must "
                               "be a .csv or .toml file")
         return self
+
+    def _validate_distributed_noise(self, distributed: bool) -> None:
+        if self.distributed_noise not in ("gaussian", "discrete_gaussian"):
+            raise ConfigError(f"privacy.distributed_noise = {self.distributed_noise!r} is not "
+                              "one of ['gaussian', 'discrete_gaussian']")
+        _num("privacy.ddg_gamma", self.ddg_gamma, allow_zero=True)
+        if self.distributed_noise == "gaussian":
+            if self.ddg_gamma:
+                raise ConfigError("privacy.ddg_gamma applies to distributed_noise = "
+                                  "'discrete_gaussian'")
+            return
+        if not distributed:
+            raise ConfigError("privacy.distributed_noise = 'discrete_gaussian' applies to "
+                              "mode = 'user' with noise_placement = 'distributed'")
+        if self.accountant != "rdp":
+            raise ConfigError(
+                f"privacy.accountant = {self.accountant!r} cannot account the distributed "
+                "discrete Gaussian: its guarantee is a zCDP bound, which only RDP composes "
+                "soundly (PRV would under-state epsilon); set privacy.accountant = 'rdp'")
 
     def _validate_example_sizing(self) -> None:
         r = self.reference_size
@@ -265,6 +293,8 @@ class PrivacyConfig:
             accountant=self.accountant, max_participations=self.max_participations)
         if self.mode == "user":
             kwargs["noise_placement"] = self.noise_placement
+            if self.distributed_noise != "gaussian":
+                kwargs["distributed_noise"] = self.distributed_noise
             if self.adaptive_clipping:
                 kwargs.update(adaptive_clipping=True, clip_count_noise=self.clip_count_noise)
         else:
@@ -323,10 +353,13 @@ class PrivacyConfig:
                                     local_cfg=local_cfg, has_personal=has_personal)
         return self.plan(**inputs)
 
-    def mechanism(self, plan: PrivacyPlan, *, rounding_margin: float = 0.0) -> Any:
+    def mechanism(self, plan: PrivacyPlan, *, rounding_margin: float = 0.0,
+                  integer_modulus: int | None = None, dim: int = 0,
+                  max_clients: int = 0) -> Any:
         """The production :class:`~ffm_private.privacy.mechanism.Mechanism` of ``plan``.
 
-        The one factory the run and the A6 audit share (so the audit tests what runs).
+        The one factory the run and the A6 audit share (so the audit tests what runs). The
+        protocol's figures (rounding margin, integer modulus) come from ``bind_protocol``.
         """
         from ffm_private.privacy.adaptive_clipping import AdaptiveClipSettings
         from ffm_private.privacy.mechanism import mechanism_for
@@ -337,7 +370,9 @@ class PrivacyConfig:
         return mechanism_for(plan, clipping_norm=self.clipping_norm,
                              min_survivors=self.min_survivors,
                              expected_clients=self.expected_clients_per_round,
-                             rounding_margin=rounding_margin, adaptive=adaptive)
+                             rounding_margin=rounding_margin, adaptive=adaptive,
+                             integer_modulus=integer_modulus, dim=dim,
+                             max_clients=max_clients, gamma=self.ddg_gamma)
 
     def cap_for_plan(self, plan: PrivacyPlan) -> float:
         """The default per-user cap: ``default_cap`` if set, else the plan's epsilon."""

@@ -27,9 +27,16 @@ with ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1))``, which gives ``ep
 for ``eps = min(sqrt(Delta^2 / (n s^2) + 2 tau d), Delta / (sqrt(n) s) + tau sqrt(d))``
 (KLS Theorem 1). More than ``n`` shares only add independent noise (post-processing).
 
+Calibration (:func:`calibrate_local_sigma`): a run plans an equivalent Gaussian noise
+multiplier ``z`` (the RDP accountant composes ``alpha / (2 z^2)`` per participation); the
+per-client std is then the smallest whose zCDP ``eps`` is at most ``1 / z``, i.e. whose
+``rho = eps^2 / 2`` is at most ``1 / (2 z^2)``, so every Renyi divergence is at most the
+planned Gaussian's. The grid step (:func:`default_gamma`) is the finest that keeps the sum of
+``max_clients`` shares inside the modulus (true values, plus 8 standard deviations of the
+summed noise), so the centred lift of the modular sum is the integer sum.
+
 Not implemented here: the random rotation (flattening) of KLS, which only reduces how often a
-coordinate of the true sum wraps around (utility, not privacy), and the modular reduction's
-choice of ``gamma`` and ``bits``.
+coordinate of the true sum wraps around (utility, not privacy).
 """
 
 from __future__ import annotations
@@ -342,6 +349,68 @@ def gaussian_event_for_zcdp(rho: float, accountant: str, steps: int = 1) -> Gaus
     return GaussianEvent(equivalent_noise_multiplier(rho), 1.0, check_steps(steps))
 
 
+# -- calibration for a run ---------------------------------------------------------------------
+WRAP_SIGMAS = 8.0
+""":func:`default_gamma` leaves room for this many std of the summed noise per coordinate."""
+
+
+def calibrate_local_sigma(noise_multiplier: float, clip_norm: float, gamma: float, n: int,
+                          dim: int, beta: float = DEFAULT_BETA) -> float:
+    """The smallest per-client std (original units) whose sum of ``n`` shares is
+    ``1 / (2 z^2)``-zCDP (:func:`ddg_epsilon_for` at most ``1 / z``), to 1e-9 relative.
+
+    Then the ``n``-share sum's Renyi divergence at every order ``alpha`` is at most
+    ``alpha / (2 z^2)``: that of the Gaussian with noise multiplier ``z``, which is what the
+    plan and the ledger record (:func:`gaussian_event_for_zcdp`).
+    """
+    z = _check_positive("noise_multiplier", noise_multiplier)
+    g = _check_positive("gamma", gamma)
+    target = 1.0 / z
+
+    def ok(sigma: float) -> bool:
+        return ddg_epsilon_for(clip_norm, g, sigma, n, dim, beta) <= target
+
+    lo = g / 2  # KLS Proposition 14 needs s >= 1/2 grid steps
+    if ok(lo):
+        return lo
+    hi = max(2 * lo, z * clip_norm / math.sqrt(_check_clients(n)))
+    while not ok(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def default_gamma(noise_multiplier: float, clip_norm: float, n: int, dim: int,
+                  max_clients: int, modulus: int, beta: float = DEFAULT_BETA) -> float:
+    """The finest grid step whose sums of ``max_clients`` shares fit in ``modulus``.
+
+    A rounded coordinate is at most ``C / gamma + 1`` in magnitude; the noise sum has std
+    ``sqrt(max_clients) s / gamma``. The rule: ``max_clients (C / gamma + 1) + 8 sqrt(max_clients)
+    s / gamma <= floor((M - 1) / 2)``, with ``s`` the calibrated std at that ``gamma``
+    (iterated to a fixed point, then checked). Larger sums than that wrap around (utility
+    only: privacy does not depend on it).
+    """
+    m = _check_clients(max_clients)
+    half = (int(modulus) - 1) // 2
+    if half <= m:
+        raise ValueError(f"modulus {modulus} has no room for {m} clients")
+    sigma = _check_positive("noise_multiplier", noise_multiplier) * clip_norm / math.sqrt(
+        _check_clients(n))
+    gamma = 0.0
+    for _ in range(20):
+        gamma = (m * clip_norm + WRAP_SIGMAS * math.sqrt(m) * sigma) / (half - m)
+        new = calibrate_local_sigma(noise_multiplier, clip_norm, gamma, n, dim, beta)
+        if new <= sigma * (1 + 1e-6):
+            break
+        sigma = new
+    while m * (clip_norm / gamma + 1) + WRAP_SIGMAS * math.sqrt(m) * new / gamma > half:
+        gamma *= 1.01  # the last calibration moved: coarser steps restore the room
+        new = calibrate_local_sigma(noise_multiplier, clip_norm, gamma, n, dim, beta)
+    return gamma
+
+
 # -- the modular domain -------------------------------------------------------------------------
 def _check_bits(bits: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 62:
@@ -402,6 +471,7 @@ def decode_sum(total: Any, gamma: float, bits: int = MODULUS_BITS) -> np.ndarray
 __all__ = [
     "DEFAULT_BETA",
     "MODULUS_BITS",
+    "WRAP_SIGMAS",
     "RoundingFailedError",
     "client_share",
     "conditional_rounding",
@@ -410,7 +480,9 @@ __all__ = [
     "ddg_tau",
     "ddg_zcdp_epsilon",
     "decode_modular",
+    "calibrate_local_sigma",
     "decode_sum",
+    "default_gamma",
     "discrete_gaussian_pmf",
     "encode_modular",
     "equivalent_noise_multiplier",

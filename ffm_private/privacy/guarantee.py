@@ -110,22 +110,36 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
             "the server's own secret, which nobody else sees, and the set (or number) of "
             "participants per round is not published.")
     else:
+        discrete = getattr(plan, "distributed_noise", "gaussian") == "discrete_gaussian"
+        if discrete:
+            noise = (f"each client rounds its clipped update onto an integer grid (conditional "
+                     f"rounding) and adds discrete Gaussian noise whose sum over "
+                     f"{min_survivors} shares is (1 / (2 x {sigma:.4f}^2))-zCDP (Kairouz, Liu "
+                     f"and Steinke 2021), recorded as a Gaussian of noise multiplier "
+                     f"{sigma:.4f}; {protocol} sums the integers exactly modulo its modulus")
+        else:
+            noise = (f"each client adds Gaussian noise of std {sigma:.4f} x {c} / "
+                     f"sqrt({min_survivors}) before {protocol} encoding")
         parts.append(
             f"User-level differential privacy against the server: replacing all of one user's "
             f"data (their update by zeros) changes the probability of anything the server "
             f"observes by at most a factor e^epsilon plus delta, with epsilon = {eps:.3f} and "
             f"delta = {plan.delta:g} ({acc} accountant, for a user taking part in at most "
             f"{plan.planned_charges} of {plan.rounds} rounds; each update clipped to L2 norm "
-            f"{c}; each client adds Gaussian noise of std {sigma:.4f} x {c} / sqrt({min_survivors}) "
-            f"before {protocol} encoding, and a round is released only if at least "
+            f"{c}; {noise}, and a round is released only if at least "
             f"{min_survivors} noise shares reach the sum).")
+        if discrete:
+            tail = ("the shares are integers and the sum is exact, so no fixed-point encoding "
+                    "or clamp lies outside the accounting (a coordinate whose true sum leaves "
+                    "the modulus wraps around: a loss of accuracy, not of privacy).")
+        else:
+            tail = ("the accounting treats the noise as continuous Gaussian (the protocol's "
+                    "fixed-point rounding is absorbed by clipping below C by its error bound).")
         parts.append(
             f"Each client draws its noise share from its own secret. Nobody beyond the "
             f"{protocol} protocol needs to be trusted, as long as at least {min_survivors} "
             "surviving clients per round are honest (did not reveal their noise). Who takes "
-            "part in a round is visible to the server and not protected; the accounting treats "
-            "the noise as continuous Gaussian (the protocol's fixed-point rounding is absorbed "
-            "by clipping below C by its error bound).")
+            "part in a round is visible to the server and not protected; " + tail)
     if getattr(plan, "adaptive_clipping", False):
         parts.append(
             f"The clipping norm is adaptive (Andrew et al. 2021): it starts at {c} and tracks a "

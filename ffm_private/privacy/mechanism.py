@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ffm_private.privacy import discrete_gaussian as ddg
 from ffm_private.privacy.accounting import GaussianEvent
+from ffm_private.privacy.errors import UnsupportedClaimError
 from ffm_private.privacy.mechanisms import (
     central_noise_std,
     check_survivors,
@@ -74,6 +77,8 @@ class Mechanism:
 
     def load_state(self, state: dict[str, float]) -> None:
         """Continue from a checkpointed :meth:`state`."""
+    #: the protocol path the client's output takes: ``float`` vectors or exact ``integer``s
+    encoding: ClassVar[str] = "float"
 
     # -- steps (overridden by mechanisms, and by the audit's planted bugs) ----------------------
     def clip(self, update: np.ndarray) -> np.ndarray:
@@ -291,14 +296,125 @@ class ExampleDPSGD(Mechanism):
         return "DP-SGD on the client (per-example clipping and noise during local training)"
 
 
+@dataclass(frozen=True)
+class DistributedDiscreteGaussian(Mechanism):
+    """User-level DP, untrusted server: integer shares summed exactly modulo ``M`` (KLS 2021).
+
+    Client: clip to ``C``, conditionally round onto the grid of step ``gamma`` (norm at most
+    :func:`~ffm_private.privacy.discrete_gaussian.rounded_norm_bound`), add ``d`` exact
+    discrete Gaussians of std ``local_sigma / gamma`` grid steps, reduce modulo ``M``: the
+    output is an int64 vector in ``[0, M)``, for the protocol's integer path
+    (``encoding = "integer"``). Server: refuse fewer than ``min_survivors`` shares, take the
+    centred lift of the modular sum, times ``gamma``, divided by the contributor count.
+
+    ``local_sigma`` is calibrated so that the sum of ``min_survivors`` shares is
+    ``1 / (2 z^2)``-zCDP (:func:`~ffm_private.privacy.discrete_gaussian.calibrate_local_sigma`)
+    with ``z = noise_multiplier`` from the plan: its Renyi divergences are at most the
+    Gaussian's that the plan and the ledger record. ``modulus = 0``: not bound to a protocol
+    yet (describes itself, refuses to run).
+    """
+
+    noise_multiplier: float
+    clipping_norm: float
+    min_survivors: int
+    modulus: int = 0
+    dim: int = 0
+    gamma: float = 0.0
+    local_sigma: float = 0.0
+    beta: float = ddg.DEFAULT_BETA
+
+    name: ClassVar[str] = "user-distributed-discrete"
+    encoding: ClassVar[str] = "integer"
+
+    @classmethod
+    def calibrated(cls, noise_multiplier: float, clipping_norm: float, min_survivors: int, *,
+                   modulus: int, dim: int, max_clients: int,
+                   gamma: float = 0.0) -> DistributedDiscreteGaussian:
+        """Bound to a protocol's integer path: ``gamma`` (0: :func:`default_gamma` for
+        ``max_clients``), then the per-client std for ``noise_multiplier``."""
+        if gamma <= 0:
+            gamma = ddg.default_gamma(noise_multiplier, clipping_norm, min_survivors, dim,
+                                      max_clients, modulus)
+        sigma = ddg.calibrate_local_sigma(noise_multiplier, clipping_norm, gamma,
+                                          min_survivors, dim)
+        return cls(noise_multiplier, clipping_norm, min_survivors, int(modulus), int(dim),
+                   float(gamma), sigma)
+
+    @property
+    def bound(self) -> bool:
+        return self.modulus > 0
+
+    def _check_bound(self) -> None:
+        if not self.bound:
+            raise UnsupportedClaimError("the discrete Gaussian mechanism is not bound to a "
+                                        "protocol's integer path (no modulus)")
+
+    def clip(self, update: np.ndarray) -> np.ndarray:
+        return clip_to_norm(update, self.clipping_norm)
+
+    def client_noise(self, update: np.ndarray, rng: Any) -> np.ndarray:
+        self._check_bound()
+        if update.size != self.dim:
+            raise ValueError(f"update has {update.size} values; the mechanism is calibrated "
+                             f"for {self.dim}")
+        rounded = ddg.conditional_rounding(update, self.clipping_norm, self.gamma, rng,
+                                           self.beta)
+        s = self.local_sigma / self.gamma
+        noise = ddg.sample_discrete_gaussian(Fraction(s) ** 2, rounded.size, rng)
+        return np.mod(rounded + noise, self.modulus).astype(np.int64)
+
+    def check_release(self, ctx: ReleaseContext) -> None:
+        check_survivors(ctx.contributors, self.min_survivors)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """The centred lift of the modular sum, in original units (exact integers x gamma)."""
+        self._check_bound()
+        r = np.mod(np.asarray(total, dtype=np.float64).astype(np.int64), self.modulus)
+        return np.where(r >= (self.modulus + 1) // 2, r - self.modulus, r) * self.gamma
+
+    def server_transform(self, total: np.ndarray | None, ctx: ReleaseContext,
+                         rng: Any) -> np.ndarray:
+        if total is None or ctx.contributors == 0:
+            raise NothingToRelease("no client took part")
+        self.check_release(ctx)
+        return self.decode(total) / self.divisor(ctx)
+
+    @property
+    def rho(self) -> float:
+        """zCDP of one released sum of ``min_survivors`` shares (KLS Theorem 1)."""
+        self._check_bound()
+        eps = ddg.ddg_epsilon_for(self.clipping_norm, self.gamma, self.local_sigma,
+                                  self.min_survivors, self.dim, self.beta)
+        return eps * eps / 2
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        """The plan's event: a Gaussian of multiplier ``z``, valid because ``rho <= 1/(2 z^2)``
+        (RDP accountant only, no sampling: see ``gaussian_event_for_zcdp``)."""
+        return (GaussianEvent(self.noise_multiplier, 1.0, 1),)
+
+    def describe(self) -> str:
+        head = (f"clip to {self.clipping_norm:g}, conditional rounding onto a grid, discrete "
+                f"Gaussian shares calibrated to zCDP rho <= 1/(2 x {self.noise_multiplier:.4g}"
+                f"^2) for {self.min_survivors} shares")
+        if not self.bound:
+            return head + " (not bound to a protocol yet)"
+        return (head + f": grid step {self.gamma:.6g}, per-client std {self.local_sigma:.6g} "
+                f"({self.local_sigma / self.gamma:.6g} steps), sums exact modulo "
+                f"{self.modulus}; at least {self.min_survivors} shares per released sum")
+
+
 def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                   expected_clients: float = 0.0, rounding_margin: float = 0.0,
-                  adaptive: Any = None) -> Mechanism:
+                  adaptive: Any = None, integer_modulus: int | None = None, dim: int = 0,
+                  max_clients: int = 0, gamma: float = 0.0) -> Mechanism:
     """The production mechanism of a :class:`~ffm_private.privacy.planner.PrivacyPlan`.
 
     The one place a plan becomes a mechanism: the simulation and the A6 audit both call it.
     ``adaptive`` (an :class:`~ffm_private.privacy.adaptive_clipping.AdaptiveClipSettings`) is
-    required when the plan uses adaptive clipping.
+    required when the plan uses adaptive clipping. A discrete-Gaussian plan is calibrated
+    here once the protocol's ``integer_modulus``, the vector length ``dim`` and the largest
+    round ``max_clients`` are known (``gamma`` 0: the default grid step); without a modulus
+    it is returned unbound.
     """
     if plan is None:
         return NULL_MECHANISM
@@ -313,6 +429,14 @@ def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                                        plan.noise_multiplier)
     if plan.mode == "example":
         return ExampleDPSGD(plan.charge_events())
+    if (plan.noise_placement == "distributed"
+            and getattr(plan, "distributed_noise", "gaussian") == "discrete_gaussian"):
+        if integer_modulus is None:
+            return DistributedDiscreteGaussian(plan.noise_multiplier, clipping_norm,
+                                               min_survivors)
+        return DistributedDiscreteGaussian.calibrated(
+            plan.noise_multiplier, clipping_norm, min_survivors, modulus=integer_modulus,
+            dim=dim, max_clients=max(max_clients, min_survivors, 1), gamma=gamma)
     if plan.noise_placement == "distributed":
         return DistributedGaussian(plan.noise_multiplier, clipping_norm, min_survivors,
                                    rounding_margin=rounding_margin)
@@ -320,5 +444,6 @@ def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                            client_rate=plan.client_rate)
 
 
-__all__ = ["NULL_MECHANISM", "AdaptiveCentralGaussian", "CentralGaussian", "DistributedGaussian", "ExampleDPSGD",
+__all__ = ["NULL_MECHANISM", "AdaptiveCentralGaussian", "CentralGaussian",
+           "DistributedDiscreteGaussian", "DistributedGaussian", "ExampleDPSGD",
            "Mechanism", "NothingToRelease", "ReleaseContext", "mechanism_for"]

@@ -61,6 +61,7 @@ from ffm_private.privacy.errors import AccountingError
 
 MODES = ("example", "user")
 PLACEMENTS = ("central", "distributed")
+DISTRIBUTED_NOISES = ("gaussian", "discrete_gaussian")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -92,6 +93,7 @@ class PrivacyPlan:
     max_participations: int = 0
     adaptive_clipping: bool = False
     clip_count_noise: float = 0.0
+    distributed_noise: str = "gaussian"
     noise_multiplier: float = 0.0
     epsilon: float = field(default=0.0, init=False, compare=False)
 
@@ -126,6 +128,7 @@ class PrivacyPlan:
             raise AccountingError("max_participations does not apply to user-level DP with "
                                   "central noise: every round costs every user in the pool")
         self._check_adaptive_fields()
+        self._check_distributed_noise()
         if self.noise_multiplier:
             set_(self, "noise_multiplier", check_noise(self.noise_multiplier))
         else:
@@ -158,6 +161,25 @@ class PrivacyPlan:
             raise AccountingError(f"clip_count_noise = {c!r} must be a finite number > 0 "
                                   "with adaptive_clipping")
         object.__setattr__(self, "clip_count_noise", float(c))
+
+    def _check_distributed_noise(self) -> None:
+        """The distributed discrete Gaussian is known by its zCDP bound (KLS Theorem 1), which
+        is recorded as the Gaussian of the same Renyi divergences: valid for RDP composition
+        without sampling only (``gaussian_event_for_zcdp``), so other accountants are refused.
+        """
+        if self.distributed_noise not in DISTRIBUTED_NOISES:
+            raise AccountingError(f"distributed_noise = {self.distributed_noise!r} must be one "
+                                  f"of {list(DISTRIBUTED_NOISES)}")
+        if self.distributed_noise == "gaussian":
+            return
+        if self.mode != "user" or self.noise_placement != "distributed":
+            raise AccountingError("distributed_noise = 'discrete_gaussian' applies to user-level "
+                                  "DP with distributed noise")
+        if self.accountant != "rdp":
+            raise AccountingError(
+                f"the distributed discrete Gaussian is accounted through its zCDP bound, "
+                f"which only the RDP accountant composes soundly; accountant = "
+                f"{self.accountant!r} would under-state epsilon (use rdp)")
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -283,6 +305,8 @@ class PrivacyPlan:
                     f"{self.rounds} rounds")
             if self.charge_basis == "participation":
                 what += f", at most {self.planned_charges} participations per user"
+            if self.distributed_noise == "discrete_gaussian":
+                what += ", distributed discrete Gaussian (zCDP, RDP accounting)"
         else:
             what = (f"example-level DP-SGD, {self.local_steps} steps/participation at rate "
                     f"{self.example_rate:.4g}")

@@ -161,6 +161,10 @@ class RunPrivacy:
                     f"distributed noise with protocol {protocol.name!r}: the protocol does not "
                     "hide individual updates behind a threshold, so each update would be seen "
                     "with only its share of the noise; use secagg or he, or central noise")
+            if self.plan.distributed_noise == "discrete_gaussian":  # integer path: no clamp
+                self.mechanism = _bind_discrete(self, protocol, dim)
+                self.statement()
+                return self
             c = self.cfg.clipping_norm
             std = distributed_noise_std(self.plan.noise_multiplier, c, self.cfg.min_survivors)
             value_range = getattr(protocol, "value_range", None)
@@ -354,6 +358,21 @@ class RunPrivacy:
         }
 
 
+def _bind_discrete(privacy: RunPrivacy, protocol: Any, dim: int) -> Mechanism:
+    """The distributed discrete Gaussian, calibrated to the protocol's exact integer path."""
+    modulus = getattr(protocol, "integer_modulus", None)
+    if modulus is None:
+        raise UnsupportedClaimError(
+            f"privacy.distributed_noise = 'discrete_gaussian' with protocol {protocol.name!r}: "
+            "it has no exact integer path (use secagg, or he with scheme bfv)")
+    cfg = privacy.cfg
+    try:
+        return cfg.mechanism(privacy.plan, integer_modulus=modulus, dim=dim,
+                             max_clients=len(privacy.user_ids))
+    except ValueError as err:
+        raise ConfigError(f"privacy.ddg_gamma / distributed_noise: {err}") from err
+
+
 def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> PrivacyPlan:
     """The resumed run's plan (its epsilon is re-verified), if it matches the settings."""
     saved = PrivacyPlan.from_dict(json.loads(path.read_text()))
@@ -361,6 +380,7 @@ def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> Priva
     if cfg.mode == "user":
         expected["noise_placement"] = cfg.noise_placement
         expected["adaptive_clipping"] = cfg.adaptive_clipping
+        expected["distributed_noise"] = cfg.distributed_noise
     stale = {k: (getattr(saved, k), v) for k, v in expected.items() if getattr(saved, k) != v}
     if stale:
         raise UnsupportedClaimError(f"{path} was planned for other settings {stale}: "

@@ -77,10 +77,20 @@ def _load_context(data: bytes, params: HEParams, what: str) -> ts.Context:
     return ctx
 
 
-def round_scale(params: HEParams, clip: float, room: int) -> float:
-    """The scale every update of a round must carry: the codec's (BFV), the preset's (CKKS)."""
+INTEGER_SCALE = 0.0
+"""The scale field of a BFV round on the exact integer path (no codec; never a codec's scale,
+which is at least 1)."""
+
+
+def round_scale(params: HEParams, clip: float, room: int, *, integer: bool = False) -> float:
+    """The scale every update of a round must carry: the codec's (BFV), the preset's (CKKS),
+    :data:`INTEGER_SCALE` on BFV's integer path."""
     if params.scheme == CKKS:
+        if integer:
+            raise ValueError("CKKS has no exact integer path")
         return params.scale
+    if integer:
+        return INTEGER_SCALE
     return FixedPointCodec(clip=clip, max_clients=room, modulus=params.plain_modulus).scale
 
 
@@ -206,8 +216,10 @@ class KeyHolder:
         self._clients[client_id] = key
         return key
 
-    def open_round(self, length: int, *, room: int, clip: float) -> bytes:
+    def open_round(self, length: int, *, room: int, clip: float, integer: bool = False) -> bytes:
         """Open the next round under a fresh key pair; return the signed opening.
+
+        ``integer``: BFV's exact integer path (clients encrypt residues mod ``t`` as they are).
 
         ``length`` is checked arithmetically against :attr:`max_length` before anything is
         allocated. The previous round, decrypted or not, is closed and its key dropped.
@@ -221,7 +233,7 @@ class KeyHolder:
                 1 <= room <= self.params.max_summands):
             raise ValueError(f"room for {room!r} summands; must be in [1, "
                              f"{self.params.max_summands}]")
-        scale = round_scale(self.params, clip, room)
+        scale = round_scale(self.params, clip, room, integer=integer)
         self._round = None  # the previous round's secret key goes now
         context = _new_context(self.params)
         public = context.serialize(save_public_key=True, save_secret_key=False,

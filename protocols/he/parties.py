@@ -30,7 +30,7 @@ from protocols.he.codec import (
     load_chunk,
 )
 from protocols.he.keys import KEY_HOLDER, Opening, PublicContext, decode_opening, round_scale
-from protocols.he.params import CKKS, HEOptions, HEParams
+from protocols.he.params import BFV, CKKS, HEOptions, HEParams
 from protocols.quantize import FixedPointCodec
 
 ROUND_KEYS = "round_keys"
@@ -49,10 +49,11 @@ class HEClient:
         self._contributed: set[int] = set()  # training rounds this client encrypted for
         self.clipped = 0
 
-    def read_opening(self, payload: bytes, *, stage: str = ROUND_KEYS
+    def read_opening(self, payload: bytes, *, stage: str = ROUND_KEYS, integer: bool = False
                      ) -> tuple[Opening, PublicContext]:
         """Check a round opening: the key holder's signature, freshness, and that its
-        parameters are this client's own (clip, room, ``min_clients`` floor, preset)."""
+        parameters are this client's own (clip, room, ``min_clients`` floor, preset, and the
+        encoding: ``integer`` expects BFV's exact integer path)."""
         params, opts = self.options.params, self.options
         where = {"client_id": self.id, "stage": stage}
         op = decode_opening(params, payload, client_id=self.id, stage=stage)
@@ -71,9 +72,11 @@ class HEClient:
                 opts.max_clients is not None and op.room != opts.max_clients):
             raise ContextMismatch(f"room for {op.room} summands does not match this client's "
                                   "configuration", **where)
-        if op.scale != round_scale(params, op.clip, op.room):
-            raise ContextMismatch(f"round scale {op.scale!r} is not that of clip {op.clip} and "
-                                  f"{op.room} summands", **where)
+        if integer and params.scheme != BFV:
+            raise ContextMismatch("only BFV has an exact integer path", **where)
+        if op.scale != round_scale(params, op.clip, op.room, integer=integer):
+            what = "the integer path" if integer else f"clip {op.clip} and {op.room} summands"
+            raise ContextMismatch(f"round scale {op.scale!r} is not that of {what}", **where)
         try:
             public = PublicContext(op.public, params)
         except ValueError as err:
@@ -81,18 +84,21 @@ class HEClient:
         return op, public
 
     def encrypt_update(self, opening: bytes, update: np.ndarray, *, round_id: int,
-                       secret: bytes | None = None) -> tuple[bytes, bytes]:
+                       secret: bytes | None = None, integer: bool = False
+                       ) -> tuple[bytes, bytes]:
         """Encrypt this client's update of federated round ``round_id``, once.
 
         Returns the framed update (for the server) and the receipt (for the key holder).
         BFV's stochastic rounding is keyed from ``secret`` (the client's 32-byte round secret;
         ``None``: fresh OS randomness). Coordinates beyond the clip are clipped; their count
         goes in the receipt, so only the key holder sees it and the server gets the total.
+        ``integer``: ``update`` holds residues modulo ``t`` (int64), encrypted as they are
+        (no clip, no rounding; the clipped count is 0).
         """
-        op, public = self.read_opening(opening)
+        op, public = self.read_opening(opening, integer=integer)
         params, clip = self.options.params, self.options.clip
         where = {"client_id": self.id, "stage": ROUND_KEYS}
-        update = np.asarray(update, dtype=np.float64)
+        update = np.asarray(update, dtype=np.int64 if integer else np.float64)
         if update.ndim != 1 or update.shape[0] != op.length:
             raise WrongLength(f"the round is for {op.length} values, this update has "
                               f"{update.shape}", **where)
@@ -100,8 +106,11 @@ class HEClient:
             raise ReplayedMessage(f"this client already contributed to round {round_id}: a "
                                   "second encryption of the same update would let the server "
                                   "difference two sums", **where)
-        clipped = int(np.count_nonzero(np.abs(update) > clip))
-        if params.scheme == CKKS:
+        clipped = 0 if integer else int(np.count_nonzero(np.abs(update) > clip))
+        if integer:  # the same residue, centred: SEAL's batch encoder takes |v| <= (t - 1) / 2
+            t = params.plain_modulus
+            values = np.where(update > t // 2, update - t, update)
+        elif params.scheme == CKKS:
             values = np.clip(update, -clip, clip)
         else:
             codec = FixedPointCodec(clip=clip, max_clients=op.room, modulus=params.plain_modulus)

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from protocols.base import AggregateResult, AggregationProtocol, check_updates
+from protocols.base import (
+    AggregateResult,
+    AggregationProtocol,
+    centred_lift,
+    check_encoding,
+    check_integer_updates,
+    check_updates,
+)
 from protocols.channel import Channel
 from protocols.errors import ProtocolError, TooFewClients
 from protocols.he.keys import KEY_HOLDER, KeyHolder, PublicContext
@@ -99,6 +106,8 @@ class HEProtocol(AggregationProtocol):
         # CKKS: the server can recover each round's key from the decrypted sum, so
         # per-client noise shares would not hide individual updates from it
         self.supports_distributed_noise = params.scheme == BFV
+        # BFV sums residues modulo its plaintext modulus exactly; CKKS is approximate
+        self.integer_modulus = params.plain_modulus if params.scheme == BFV else None
 
     @classmethod
     def from_options(cls, options: Mapping) -> HEProtocol:
@@ -160,8 +169,10 @@ class HEProtocol(AggregationProtocol):
             self.clients[client_id] = client
         return client
 
-    def _check_round(self, updates: Mapping[int, np.ndarray]) -> tuple[list[int], int]:
-        ids, length = check_updates(updates)
+    def _check_round(self, updates: Mapping[int, np.ndarray],
+                     integer: bool = False) -> tuple[list[int], int]:
+        ids, length = (check_integer_updates(updates, self.params.plain_modulus) if integer
+                       else check_updates(updates))
         params, n = self.params, len(updates)
         if length == 0:
             raise ValueError("he cannot encrypt empty update vectors")
@@ -175,7 +186,7 @@ class HEProtocol(AggregationProtocol):
             raise ValueError(f"{n} clients exceed protocol.options.max_clients = "
                              f"{self.options.max_clients}: their sum could leave the encoding's "
                              "range")
-        for cid in ids:
+        for cid in [] if integer else ids:
             peak = float(np.max(np.abs(updates[cid])))
             if peak > self.options.clip:
                 warnings.warn(f"client {cid}: update coordinates up to {peak:.3g} are clipped "
@@ -191,10 +202,17 @@ class HEProtocol(AggregationProtocol):
         channel: Channel | None = None,
         seed: int = 0,
         secrets: Mapping[int, bytes] | None = None,
+        encoding: str = "float",
     ) -> HEResult:
-        """One round; ``seed`` is unused (nothing here may depend on public values alone)."""
+        """One round; ``seed`` is unused (nothing here may depend on public values alone).
+
+        ``encoding="integer"`` (BFV): the updates are residues modulo the plaintext modulus
+        ``t``, encrypted as they are; the opening's scale marks the integer path, and each
+        client checks it against its own encoding before it encrypts.
+        """
         channel = channel or Channel()
-        ids, length = self._check_round(updates)
+        integer = check_encoding(self, encoding)
+        ids, length = self._check_round(updates, integer)
         if secrets is not None:
             for cid in ids:
                 if cid not in secrets:
@@ -209,7 +227,7 @@ class HEProtocol(AggregationProtocol):
         timings = dict.fromkeys(("key_holder_open", "client_encrypt", "server_check",
                                  "key_holder_verify", "key_holder_decrypt"), 0.0)
         start = time.perf_counter()
-        opening = holder.open_round(length, room=room, clip=self.options.clip)
+        opening = holder.open_round(length, room=room, clip=self.options.clip, integer=integer)
         timings["key_holder_open"] = time.perf_counter() - start
         inbox = self.server.open_round(opening, stage=UPLOAD)
         rejected: dict[int, ProtocolError] = {}
@@ -225,7 +243,7 @@ class HEProtocol(AggregationProtocol):
             try:
                 message, receipt = clients[cid].encrypt_update(
                     got, updates[cid], round_id=round_id,
-                    secret=None if secrets is None else secrets[cid])
+                    secret=None if secrets is None else secrets[cid], integer=integer)
             except ProtocolError as err:
                 client_errors[cid] = err
                 dropped.append(cid)
@@ -271,8 +289,10 @@ class HEProtocol(AggregationProtocol):
         start = time.perf_counter()
         total, count = self._decrypt(inbox, channel, ANSWER)
         timings["key_holder_decrypt"] = time.perf_counter() - start
-        codec = self.codec(len(ids))
-        if codec is not None:
+        codec = None if integer else self.codec(len(ids))
+        if integer:
+            total = centred_lift(total, self.params.plain_modulus)
+        elif codec is not None:
             total = codec.decode_sum(total)
         return HEResult(
             total=np.asarray(total, dtype=np.float64),

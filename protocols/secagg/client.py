@@ -96,8 +96,9 @@ class SecAggClient:
                  options: SecAggOptions | None = None, run_seed: int = 0,
                  secret: bytes | None = None, entropy: cr.Entropy = cr.default_entropy,
                  identity: Ed25519PrivateKey | None = None,
-                 registry: Mapping[int, bytes] | None = None) -> None:
+                 registry: Mapping[int, bytes] | None = None, integer: bool = False) -> None:
         self.id = client_id
+        self.integer = integer  # the exact integer path: ``update`` holds residues mod 2**32
         self.round_id = round_id
         self.options = options or SecAggOptions()
         if self.options.malicious_server and (identity is None or registry is None):
@@ -217,7 +218,7 @@ class SecAggClient:
         if participants != sorted(set(participants)) or self.id not in participants:
             raise bad("participant list is not sorted, has repeats, or omits this client")
         view = RoundView.derive(self.options, self.round_id, self.run_seed, self._length,
-                                participants)
+                                participants, integer=self.integer)
         if (msg.k, msg.t) != (view.k, view.t):
             raise UnsafeParameters(
                 f"the server asks for degree {msg.k} and threshold {msg.t}; this client's own "
@@ -314,7 +315,9 @@ class SecAggClient:
         codec = view.codec
         stream = cr.MaskStream(words)
         acc = np.empty(words, dtype=np.uint32)
-        for start, block in stream.blocks(self._rounding_key):
+        if view.integer:  # residues as they are: no codec, no rounding, no clipped count
+            acc[:n] = self._update
+        for start, block in ([] if view.integer else stream.blocks(self._rounding_key)):
             stop = min(start + len(block), n)
             if stop <= start:
                 break  # the last word is the clipped count, not a coordinate

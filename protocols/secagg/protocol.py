@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from protocols.base import AggregateResult, AggregationProtocol, check_updates
+from protocols.base import (
+    AggregateResult,
+    AggregationProtocol,
+    check_encoding,
+    check_integer_updates,
+    check_updates,
+)
 from protocols.channel import Channel
 from protocols.errors import ProtocolError
 from protocols.quantize import FixedPointCodec
@@ -90,6 +96,7 @@ class SecAggPlusProtocol(AggregationProtocol):
     reveals_individual_updates = False
     supports_distributed_noise = True
     private_statistics_option = "report_clipped"
+    integer_modulus = 2**32
 
     def __init__(self, options: SecAggOptions | None = None, *,
                  entropy: cr.Entropy | None = None) -> None:
@@ -144,11 +151,19 @@ class SecAggPlusProtocol(AggregationProtocol):
         channel: Channel | None = None,
         seed: int = 0,
         secrets: Mapping[int, bytes] | None = None,
+        encoding: str = "float",
     ) -> SecAggResult:
         """Run one SecAgg+ round; raises :class:`~protocols.errors.TooFewClients` (revealing
-        nothing) when too few clients survive to unmask safely."""
+        nothing) when too few clients survive to unmask safely.
+
+        ``encoding="integer"``: the updates are residues modulo ``2**32`` and are masked as
+        they are (no codec, no clipped count: ``clipped`` is ``None``); the transcript binds
+        the encoding, so a client and a server that disagree on it cannot unmask anything.
+        """
         channel = channel or Channel()
-        ids, length = check_updates(updates)
+        integer = check_encoding(self, encoding)
+        ids, length = (check_integer_updates(updates, 2**32) if integer
+                       else check_updates(updates))
         if secrets is not None:
             for cid in ids:
                 secret = secrets.get(cid)
@@ -162,11 +177,12 @@ class SecAggPlusProtocol(AggregationProtocol):
                 self.enrol(cid)
         server = SecAggServer(round_id, ids, length, self.options, run_seed=seed,
                               replay=self._replay, entropy=entropy,
-                              registry=self.registry if malicious else None)
+                              registry=self.registry if malicious else None, integer=integer)
         clients = {cid: SecAggClient(
             cid, round_id, np.asarray(updates[cid]), options=self.options, run_seed=seed,
             secret=bytes(secrets[cid]) if secrets is not None else None, entropy=entropy,
-            identity=self._identities.get(cid), registry=self.registry if malicious else None)
+            identity=self._identities.get(cid), registry=self.registry if malicious else None,
+            integer=integer)
             for cid in ids}
         timings: dict[str, float] = {}
         spent_by_step: dict[str, list[float]] = {}

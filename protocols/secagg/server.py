@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protocols.base import centred_lift
 from protocols.errors import (
     DuplicateMessage,
     InvalidShare,
@@ -131,8 +132,9 @@ class SecAggServer:
     def __init__(self, round_id: int, clients: Sequence[int], length: int,
                  options: SecAggOptions, *, run_seed: int = 0,
                  replay: ReplayCache | None = None, entropy: cr.Entropy = cr.default_entropy,
-                 registry: Mapping[int, bytes] | None = None) -> None:
+                 registry: Mapping[int, bytes] | None = None, integer: bool = False) -> None:
         self.round_id = round_id
+        self.integer = integer  # the exact integer path: the total is the centred lift
         self.sampled = tuple(sorted(clients))
         self.length = length
         self.options = options
@@ -357,7 +359,8 @@ class SecAggServer:
         self._keys = self._close_stage()
         u1 = sorted(self._keys)
         self._need(len(u1), "advertise_keys", "clients advertised keys")
-        view = RoundView.derive(self.options, self.round_id, self.run_seed, self.length, u1)
+        view = RoundView.derive(self.options, self.round_id, self.run_seed, self.length, u1,
+                                integer=self.integer)
         self.view, self.k, self.t = view, view.k, view.t
         try:
             view.check_policy(self.options, stage="advertise_keys")
@@ -576,7 +579,8 @@ class SecAggServer:
         acc = self._masked_sum
         cr.MaskStream(self.view.words).apply(acc, masks)
         self.masks_regenerated = len(masks)
-        total = self.codec.decode_sum(acc[:self.length])
+        total = (centred_lift(acc[:self.length], 2**32) if self.integer
+                 else self.codec.decode_sum(acc[:self.length]))
         clipped = int(acc[self.length]) if self.view.report_clipped else None
         self._time("unmask_remove_masks", start)
         return ServerOutcome(total=total, clipped=clipped, contributors=tuple(sorted(self.u3)),

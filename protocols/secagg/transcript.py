@@ -2,7 +2,8 @@
 
 Every value that shapes a client's masked vector is here: round id, the run's public seed,
 vector length, codec parameters, whether the clipped count is appended, the mode, the degree
-``k``, the threshold ``t`` and the participant set. A client builds its view from its *own*
+``k``, the threshold ``t``, the participant set and the encoding (the float codec, or the
+exact integer path, whose vectors are residues modulo ``2**32`` as they are). A client builds its view from its *own*
 options and the participant set the server announces; the degree and threshold follow from
 its options, the codec from its clip and the number of participants, and the neighbour-graph
 seed from the hash itself (so it is fixed only once the participant set is). The hash is
@@ -41,17 +42,18 @@ class RoundView:
     k: int
     t: int
     participants: tuple[int, ...]
+    integer: bool = False
 
     @classmethod
     def derive(cls, options: SecAggOptions, round_id: int, run_seed: int, length: int,
-               participants: Sequence[int]) -> RoundView:
+               participants: Sequence[int], *, integer: bool = False) -> RoundView:
         """The view that ``options`` imply for this participant set (nothing from the server
-        but the set itself)."""
+        but the set itself); ``integer``: the exact integer path (no codec, no count)."""
         m = len(participants)
         k = options.degree(m)
-        return cls(round_id, run_seed, length, float(options.clip), options.report_clipped,
-                   options.malicious_server, k, options.shares_needed(k),
-                   tuple(sorted(participants)))
+        return cls(round_id, run_seed, length, float(options.clip),
+                   options.report_clipped and not integer, options.malicious_server, k,
+                   options.shares_needed(k), tuple(sorted(participants)), integer)
 
     def check_policy(self, options: SecAggOptions, *, client_id: int | None = None,
                      stage: str | None = None) -> None:
@@ -78,7 +80,8 @@ class RoundView:
                             self.clip, self.report_clipped, self.malicious_server, self.k,
                             self.t, len(seed))
         ids = b"".join(struct.pack("<q", c) for c in self.participants)
-        return hashlib.sha256(b"ffm-secagg/transcript/" + fixed + seed + ids).digest()
+        domain = b"ffm-secagg/transcript/" + (b"integer/" if self.integer else b"")
+        return hashlib.sha256(domain + fixed + seed + ids).digest()
 
     @functools.cached_property
     def graph_seed(self) -> bytes:

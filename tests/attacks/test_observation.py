@@ -28,7 +28,8 @@ class HidingProtocol(PlaintextProtocol):
     name = "hiding-test"
     reveals_individual_updates = False
 
-    def aggregate(self, round_id, updates, *, channel=None, seed=0, secrets=None):
+    def aggregate(self, round_id, updates, *, channel=None, seed=0, secrets=None,
+                  encoding="float"):
         result = super().aggregate(round_id, updates, channel=channel, seed=seed)
         return dataclasses.replace(result, individual=None)
 
