@@ -89,12 +89,15 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_config, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     run = Path(cfg.run_dir)
     for kill_after in (2.5, 1.3, 0.7):
-        proc = subprocess.Popen(cmd + (["--resume"] if run.exists() else []), env=env,
+        proc = subprocess.Popen(cmd + (["--resume"] if (run / "config.toml").exists() else []),
+                                env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(kill_after)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    subprocess.run(cmd + ["--resume"], env=env, check=True, stdout=subprocess.DEVNULL)
+    # (on a loaded machine a kill may land before the run directory exists: then start it)
+    subprocess.run(cmd + (["--resume"] if (run / "config.toml").exists() else []), env=env,
+                   check=True, stdout=subprocess.DEVNULL)
     _assert_same_run(Path(reference.run_dir), run)
 
 

@@ -261,8 +261,9 @@ def test_example_level_run_charges_what_each_client_ran(tiny_config):
     run = Path(cfg.run_dir)
     plan = json.loads((run / "privacy" / "plan.json").read_text())
     spends = ledger_spends(run)
-    n_users = summary["dataset"]["users"]
-    assert len(spends) == 2 * n_users  # every client took part in both rounds
+    protected = summary["privacy_details"]["protected_users"]
+    # every client took part in both rounds; the public pretraining users are not charged
+    assert len(spends) == 2 * protected < 2 * summary["dataset"]["users"]
     events = {ev for _, _, _, ev in spends}
     sigma = plan["noise_multiplier"]
     # One charge = the shared and the personal DP-SGD phases the plan sized.
