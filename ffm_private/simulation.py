@@ -88,7 +88,7 @@ def load_split(cfg: Config, run_dir: Path) -> LeaveOneOutSplit:
     else:
         interactions = load_dataset(data.kind, data.path)
     return leave_one_out(interactions, num_eval_negatives=data.num_eval_negatives,
-                         seed=cfg.federated.seed)
+                         seed=cfg.federated.seed, protocol=data.protocol)
 
 
 def local_config(cfg: Config) -> LocalTrainingConfig:
@@ -277,7 +277,9 @@ class Simulation:
         for cid in bar:
             generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
             result = train_client(self.workspace, message, state.personal.get(cid),
-                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed,
+                                  ClientData(cid, self.split.train[cid],
+                                             self.split.negative_exclusions(cid)),
+                                  self.local_cfg, f.seed,
                                   generator=generator)
             losses.append(result.metrics["shared_loss"])
             update = result.update
