@@ -41,9 +41,12 @@ class DataConfig:
     num_eval_negatives: int = _f(99, "Sampled negatives each held-out item is ranked against.")
     num_train_negatives: int = _f(4, "Training negatives per positive, resampled every round.")
     protocol: str = _f("isolated", "Training negatives: isolated (never one of the user's "
-                       "evaluation candidates) or pfedrec (any item outside the user's "
-                       "training set, as the PFedRec code: inflates sampled metrics; for "
-                       "comparison with published figures only). See docs/data.md.")
+                       "evaluation candidates), pfedrec (any item outside the user's "
+                       "training set: this project's earlier sampling) or pfedrec-official "
+                       "(any item the user never interacted with, evaluation negatives "
+                       "included, as the official PFedRec code: inflates sampled metrics). "
+                       "The last two only for comparison with published figures; see "
+                       "docs/data.md.")
     csv_user_col: str = _f("user", "csv: column holding the user id.")
     csv_item_col: str = _f("item", "csv: column holding the item id.")
     csv_timestamp_col: str = _f("timestamp", "csv: column holding the timestamp.")
@@ -52,7 +55,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
         _choice("data.synthetic_preset", self.synthetic_preset, ("small", "ml100k"))
-        _choice("data.protocol", self.protocol, ("isolated", "pfedrec"))
+        _choice("data.protocol", self.protocol, ("isolated", "pfedrec", "pfedrec-official"))
         if self.kind != "synthetic" and not self.path:
             raise ConfigError(f"data.path is required for data.kind = {self.kind!r}")
         _range("data.public_fraction", self.public_fraction, 0.0, 0.9)
@@ -81,7 +84,8 @@ class ModelConfig:
     personalization: bool = _f(True, "Train the personal parameters (user embedding, gate, "
                                "personal item adapter if personal_rank > 0). "
                                "False gives the global-only model.")
-    layers: int = _f(2, "ffm-transformer: self-attention blocks. The global adapter is LoRA "
+    layers: int = _f(1, "ffm-transformer: self-attention blocks (each adds about 2x the "
+                     "client step of one; bench/README.md). The global adapter is LoRA "
                      "of rank global_rank on every block's q, k, v, o and feed-forward "
                      "projections; personal_rank > 0 adds a personal LoRA.")
     heads: int = _f(1, "ffm-transformer: attention heads (dim must be a multiple).")

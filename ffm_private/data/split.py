@@ -10,8 +10,15 @@ Two training-negative protocols (``LeaveOneOutSplit.protocol``):
 - ``isolated`` (the default): a user's training negatives never include any of that user's
   evaluation candidates (its validation and test items and their sampled negatives). A client
   that trains item parameters would otherwise learn to rank its own evaluation negatives low.
-- ``pfedrec``: negatives are drawn from every item outside the user's training set, as the
-  PFedRec and GPFedRec code does; kept only to compare with published figures.
+- ``pfedrec``: negatives are drawn from every item outside the user's training set: this
+  project's sampling before the isolated protocol, draw for draw. The user's validation and
+  test items can be drawn too, as often as each evaluation negative.
+- ``pfedrec-official``: negatives are drawn from every item the user never interacted with
+  (validation and test items excluded, the evaluation negatives included), as the official
+  PFedRec code samples them. Its leak favours the held-out items, which no training step
+  pushes down; use it to compare with PFedRec's published figures.
+
+The last two are kept only for comparison with published figures.
 
 Every random stream is keyed by a domain tag plus ``(seed, [round,] user)`` through
 ``np.random.SeedSequence``: a user's draws never depend on which other users exist, on the
@@ -32,7 +39,7 @@ _EVAL_NEGATIVES_TAG = 0xE7A1
 _TRAIN_NEGATIVES_TAG = 0x7EA1
 
 #: Training-negative protocols: see the module docstring.
-PROTOCOLS = ("isolated", "pfedrec")
+PROTOCOLS = ("isolated", "pfedrec", "pfedrec-official")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,10 +68,12 @@ class LeaveOneOutSplit:
     def negative_exclusions(self, user: int) -> np.ndarray | None:
         """Items ``user``'s training negatives must avoid besides its training items.
 
-        ``None`` under the ``pfedrec`` protocol (today's sampling, unchanged).
+        ``None`` under the ``pfedrec`` protocol (the previous sampling, unchanged).
         """
         if self.protocol == "pfedrec":
             return None
+        if self.protocol == "pfedrec-official":
+            return np.unique([self.valid[user], self.test[user]]).astype(np.int64)
         return self.evaluation_candidates(user)
 
 

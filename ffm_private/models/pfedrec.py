@@ -88,7 +88,9 @@ class PFedRecRecommender(Recommender):
                     batch_size: int, seed: int) -> tuple[float, float]:
         """The official client step: per batch, an SGD step on the score, then on the items.
 
-        Returns the mean losses of the score and the item steps.
+        As the official code, a batch holds ``batch_size`` (item, label) pairs (a positive
+        and each of its negatives are separate pairs), shuffled together, and the loss is
+        the mean over pairs. Returns the mean losses of the score and the item steps.
         """
         score = [self.personal.score_w, self.personal.score_b]
         items_p = list(params_of(self, SHARED).values())
@@ -96,15 +98,15 @@ class PFedRecRecommender(Recommender):
             p.requires_grad_(True)
         opt_score = torch.optim.SGD(score, lr=personal_lr)
         opt_items = torch.optim.SGD(items_p, lr=lr * self.n_items * self.lr_eta)
-        history = torch.from_numpy(examples.history)
-        items = torch.from_numpy(examples.items)
-        labels = torch.from_numpy(examples.labels)
-        owner = torch.zeros(len(examples), dtype=torch.long)
+        items = torch.from_numpy(examples.items).reshape(-1, 1)
+        labels = torch.from_numpy(examples.labels).reshape(-1, 1)
+        history = torch.full((len(items), 1), self.pad, dtype=torch.long)  # not read
+        owner = torch.zeros(len(items), dtype=torch.long)
         gen = torch.Generator().manual_seed(seed)
         totals, count = [0.0, 0.0], 0
         try:
             for _ in range(epochs):
-                order = torch.randperm(len(examples), generator=gen)
+                order = torch.randperm(len(items), generator=gen)
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
                     for k, opt in enumerate((opt_score, opt_items)):

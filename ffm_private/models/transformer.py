@@ -43,6 +43,19 @@ class _Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.ff1 = nn.Linear(dim, ffn)
         self.ff2 = nn.Linear(ffn, dim)
+        # Start as attention pooling: keys at zero give uniform attention over the history,
+        # values and output are the identity and the feed-forward branch adds nothing, so the
+        # untrained encoder is the last item plus the mean of the history (the pooled
+        # backbone's inductive bias); small random queries let the keys learn (were both
+        # zero, neither would ever receive a gradient).
+        with torch.no_grad():
+            self.q.weight.normal_(0.0, 0.02)
+            for lin in (self.k, self.ff2):
+                lin.weight.zero_()
+            for lin in (self.v, self.o):
+                lin.weight.copy_(torch.eye(dim))
+            for lin in (self.q, self.k, self.v, self.o, self.ff2):
+                lin.bias.zero_()
 
 
 def _widths(name: str, dim: int, ffn: int) -> tuple[int, int]:
@@ -91,7 +104,7 @@ class TransformerFFM(Recommender):
     """Frozen SASRec-style backbone + shared LoRA (or FFA-LoRA) + personal adapter."""
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
-                 history_length: int = 20, layers: int = 2, heads: int = 1,
+                 history_length: int = 20, layers: int = 1, heads: int = 1,
                  global_rank: int = 8, personal_rank: int = 0, ffa_lora: bool = False,
                  personalization: bool = True) -> None:
         super().__init__(n_items, num_personal)

@@ -48,7 +48,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def splits(data_dir):
     data = load_dataset("synthetic", data_dir)
-    return {p: leave_one_out(data, seed=0, protocol=p) for p in ("isolated", "pfedrec")}
+    return {p: leave_one_out(data, seed=0, protocol=p)
+            for p in ("isolated", "pfedrec", "pfedrec-official")}
 
 
 def test_pfedrec_protocol_reproduces_the_previous_sampling_bit_for_bit(tiny_data_dir):
@@ -124,6 +125,22 @@ def test_pfedrec_protocol_leaks_evaluation_negatives_into_training(splits, monke
     assert eval_negs_hit > 0.3 * sum(n.size for n in negatives.values())
 
 
+def test_pfedrec_official_protocol_spares_the_held_out_items_only(splits, monkeypatch):
+    """As the official PFedRec code: evaluation negatives leak, held-out items never do."""
+    split = splits["pfedrec-official"]
+    negatives = _client_negatives(split, range(1, 3), monkeypatch)
+    held_out = sum(int(np.isin(negs, [split.valid[u], split.test[u]]).sum())
+                   for (_, u), negs in negatives.items())
+    eval_negs_hit = sum(int(np.isin(negs, split.eval_negatives[u]).sum())
+                        for (_, u), negs in negatives.items())
+    assert held_out == 0
+    assert eval_negs_hit > 0.3 * sum(n.size for n in negatives.values())
+    # whereas the previous sampling pushes the held-out items down too
+    leaky = _client_negatives(splits["pfedrec"], range(1, 3), monkeypatch)
+    assert sum(int(np.isin(negs, [splits["pfedrec"].valid[u], splits["pfedrec"].test[u]]).sum())
+               for (_, u), negs in leaky.items()) > 0
+
+
 def test_isolated_protocol_refuses_data_it_cannot_serve(tiny_data_dir):
     """150 items, users at the 51-interaction cap: no item is left; a typed error names the user."""
     from ffm_private.data import DataError
@@ -173,7 +190,8 @@ def test_exclusions_are_checked():
 
 def test_protocol_in_the_config():
     assert Config().data.protocol == "isolated"
-    assert Config().replace(**{"data.protocol": "pfedrec"}).data.protocol == "pfedrec"
+    for p in ("pfedrec", "pfedrec-official"):
+        assert Config().replace(**{"data.protocol": p}).data.protocol == p
     with pytest.raises(ConfigError, match="data.protocol"):
         Config().replace(**{"data.protocol": "leaky"})
 

@@ -61,10 +61,11 @@ def test_one_batch_is_an_sgd_step_on_the_score_then_on_the_items():
 
     ex = build_examples(train, N_ITEMS, 1, 4, train_negative_rng(0, 1, 0))
     gen = torch.Generator().manual_seed(_batch_seed(0, 1, 0, 2))
-    order = torch.randperm(len(ex), generator=gen)
-    items = torch.from_numpy(ex.items)[order]
-    labels = torch.from_numpy(ex.labels)[order]
-    owner = torch.zeros(len(ex), dtype=torch.long)
+    # one batch of (item, label) pairs, shuffled, as the official data loader yields them
+    order = torch.randperm(ex.items.size, generator=gen)
+    items = torch.from_numpy(ex.items).reshape(-1, 1)[order]
+    labels = torch.from_numpy(ex.labels).reshape(-1, 1)[order]
+    owner = torch.zeros(len(items), dtype=torch.long)
     w = torch.as_tensor(personal["personal.score_w"])[None].clone().requires_grad_(True)
     b = torch.as_tensor(personal["personal.score_b"]).reshape(1).clone().requires_grad_(True)
     e = torch.as_tensor(message.shared["shared.item_emb.weight"]).clone().requires_grad_(True)

@@ -96,8 +96,8 @@ def test_fresh_adapters_leave_the_backbone_unchanged_and_empty_histories_are_def
         assert torch.allclose(model(hist, items, owner), before)
 
 
-def test_attention_is_causal_over_the_history():
-    """The representation of a history does not depend on padding positions' contents."""
+def test_earlier_items_of_the_window_shape_the_representation():
+    """Attention reads the whole window, not only the latest item."""
     model = _model(True, personal_rank=0).eval()
     with torch.no_grad():
         for p in params_of(model, SHARED).values():
