@@ -280,3 +280,46 @@ def test_pretraining_keeps_ffa_a_factors_at_their_seed(tiny_data_dir):
     a_names = [n for n in state if ".lora_a." in n]
     assert a_names and all(np.array_equal(state[n], init[n]) for n in a_names)
     assert not np.array_equal(state["backbone.item_emb"], init["backbone.item_emb"])
+
+
+
+@pytest.mark.slow
+def test_a_transformer_run_resumes_to_the_uninterrupted_result(tiny_config, tmp_path,
+                                                               monkeypatch):
+    """No hidden randomness (no dropout): a resumed run ends bit for bit where one run ends."""
+    from ffm_private.simulation import Simulation
+    from ffm_private.storage import load_arrays
+
+    over = {"model.kind": "ffm-transformer", "model.ffa_lora": True, "model.global_rank": 2,
+            "model.history_length": 4, "pretrain.epochs": 1, "federated.rounds": 2,
+            "federated.client_fraction": 0.25, "evaluation.full_ranking": False,
+            "observation.enabled": False}
+    reference = tiny_config.replace(run_dir=str(tmp_path / "reference"), **over)
+    summary = Simulation(reference, progress=False).run()
+    spec = SharedSpec.of(build_model(reference.model, 150, 1))
+    assert summary["shared_parameters"] == spec.size
+    assert all(".lora_b." in n for n in spec.names)
+
+    cfg = tiny_config.replace(run_dir=str(tmp_path / "run"), **over)
+    original = Simulation.run_round
+
+    def crash_in_round_2(self, state, round_id):
+        if round_id == 2:
+            raise KeyboardInterrupt
+        return original(self, state, round_id)
+
+    monkeypatch.setattr(Simulation, "run_round", crash_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(cfg, progress=False).run()
+    monkeypatch.setattr(Simulation, "run_round", original)
+    Simulation(cfg, resume=True, progress=False).run()
+
+    def last(run_dir):
+        latest = (run_dir / "checkpoints" / "LATEST").read_text().strip()
+        ckpt = run_dir / "checkpoints" / latest
+        return load_arrays(ckpt / "global.npz"), load_arrays(ckpt / "personal.npz")
+
+    for a, b in zip(last(tmp_path / "reference"), last(tmp_path / "run"), strict=True):
+        assert set(a) == set(b)
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
