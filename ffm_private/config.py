@@ -84,8 +84,8 @@ class ModelConfig:
     personalization: bool = _f(True, "Train the personal parameters (user embedding, gate, "
                                "personal item adapter if personal_rank > 0). "
                                "False gives the global-only model.")
-    layers: int = _f(1, "ffm-transformer: self-attention blocks (each adds about 2x the "
-                     "client step of one; bench/README.md). The global adapter is LoRA "
+    layers: int = _f(1, "ffm-transformer: self-attention blocks (more cost more per client "
+                     "step; bench/README.md). The global adapter is LoRA "
                      "of rank global_rank on every block's q, k, v, o and feed-forward "
                      "projections; personal_rank > 0 adds a personal LoRA.")
     heads: int = _f(1, "ffm-transformer: attention heads (dim must be a multiple).")
