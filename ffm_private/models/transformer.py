@@ -6,13 +6,15 @@
   (SASRec, Kang & McAuley 2018). The user representation is the output at the most recent
   position; items are scored against it with the same (tied) item embeddings.
 - ``shared`` (the global adapter, aggregated): LoRA factors on every attention projection
-  (q, k, v, o) and both feed-forward projections of every block, rank ``global_rank``. With
+  (q, k, v, o) and both feed-forward projections of every block, and on the item embeddings
+  the scores read (an identity projection of the frozen table), rank ``global_rank``. With
   ``ffa_lora`` the ``A`` factors are frozen at their seeded initialisation and live in the
   backbone: only the ``B`` factors are trained and sent (:mod:`ffm_private.models.lora`).
 - ``personal`` (never leaves the device): a user embedding ``p_u``, a gate ``g_u`` and, with
   ``personal_rank > 0``, a personal LoRA ``(D_u, U_u)`` on the user representation:
 
-  score(u, i) = <h + sigmoid(g_u) (U_u D_u h + p_u), e_i> + b_i,  h = encoder(history).
+  score(u, i) = <h + sigmoid(g_u) (U_u D_u h + p_u), e_i + B A e_i> + b_i,
+  h = encoder(history), (A, B) the item LoRA.
 
 A query position attends to itself and to earlier non-padding positions, so an empty
 history still has a defined representation (the position embedding's).
@@ -58,8 +60,17 @@ class _Block(nn.Module):
                 lin.bias.zero_()
 
 
+#: The item-side LoRA: how the global adapter moves what every user's scores read.
+ITEM_KEY = "item"
+
+
 def _widths(name: str, dim: int, ffn: int) -> tuple[int, int]:
     return {"ff1": (dim, ffn), "ff2": (ffn, dim)}.get(name, (dim, dim))
+
+
+def _keys(layers: int) -> list[tuple[str, str]]:
+    """(key, projection name) of every LoRA pair."""
+    return [(f"l{i}_{n}", n) for i in range(layers) for n in PROJECTIONS] + [(ITEM_KEY, ITEM_KEY)]
 
 
 class _Backbone(nn.Module):
@@ -74,15 +85,14 @@ class _Backbone(nn.Module):
         with torch.no_grad():
             self.item_emb[n_items].zero_()
         if ffa_lora:  # frozen A factors, fixed by the seed the backbone was built with
-            self.lora_a = nn.ModuleDict({
-                f"l{i}_{n}": lora_down(_widths(n, dim, ffn)[0], rank)
-                for i in range(layers) for n in PROJECTIONS})
+            self.lora_a = nn.ModuleDict({k: lora_down(_widths(n, dim, ffn)[0], rank)
+                                         for k, n in _keys(layers)})
 
 
 class _GlobalAdapter(nn.Module):
     def __init__(self, dim: int, layers: int, ffn: int, rank: int, ffa_lora: bool) -> None:
         super().__init__()
-        keys = [(f"l{i}_{n}", *_widths(n, dim, ffn)) for i in range(layers) for n in PROJECTIONS]
+        keys = [(k, *_widths(n, dim, ffn)) for k, n in _keys(layers)]
         if not ffa_lora:
             self.lora_a = nn.ModuleDict({k: lora_down(d_in, rank) for k, d_in, _ in keys})
         self.lora_b = nn.ModuleDict({k: lora_up(rank, d_out) for k, _, d_out in keys})
@@ -170,4 +180,5 @@ class TransformerFFM(Recommender):
                 extra = extra + torch.einsum("ndr,nr->nd", p.up[owner], low)
             q = h + torch.sigmoid(p.gate[owner])[:, None] * extra
         e = self.backbone.item_emb[items]                                   # (N, B, d)
+        e = e + self.shared.lora_b[ITEM_KEY](self._lora_a()[ITEM_KEY](e))
         return torch.einsum("nbd,nd->nb", e, q) + self.backbone.item_bias[items]
