@@ -87,7 +87,8 @@ class ModelConfig:
     layers: int = _f(1, "ffm-transformer: self-attention blocks (more cost more per client "
                      "step; bench/README.md). The global adapter is LoRA "
                      "of rank global_rank on every block's q, k, v, o and feed-forward "
-                     "projections; personal_rank > 0 adds a personal LoRA.")
+                     "projections and on the scored item embeddings; personal_rank > 0 "
+                     "adds a personal LoRA. See docs/models.md.")
     heads: int = _f(1, "ffm-transformer: attention heads (dim must be a multiple).")
     ffa_lora: bool = _f(False, "ffm-transformer: FFA-LoRA: the LoRA A factors stay frozen at "
                         "the backbone's seeded initialisation; only B is trained and sent "

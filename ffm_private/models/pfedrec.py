@@ -10,8 +10,9 @@
   ``lr * n_items * lr_eta``: the official code's scaling, which undoes the loss being averaged
   over a batch whose rows each touch a few of the many item rows).
 - Training always starts from the received table (the official code reloads it every
-  round); inference uses the received table plus the client's own last update. There is
-  no backbone and no history: the score depends on the item alone.
+  round); inference uses the current global table plus the client's own last update. There
+  is no backbone and no history: the score depends on the item and the user's own score
+  function.
 
 Deviations from the paper and its code are listed in docs/models.md.
 """
