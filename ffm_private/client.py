@@ -54,10 +54,15 @@ class LocalTrainingConfig:
 
 @dataclass(frozen=True)
 class ClientData:
-    """A user's own training interactions (item ids in time order)."""
+    """A user's own training interactions (item ids in time order).
+
+    ``excluded``: items the user's training negatives never include (its own evaluation
+    candidates under the isolated protocol; ``None``: the pfedrec protocol). Held on the device.
+    """
 
     user: int
     train: np.ndarray
+    excluded: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -158,15 +163,24 @@ def train_client(model: Recommender, message: GlobalModelMessage,
         report = None
         rng = train_negative_rng(seed, message.round_id, data.user)
         examples = build_examples(data.train, model.n_items, getattr(model, "history_length", 1),
-                                  cfg.num_negatives, rng)
-        personal_loss = _plain_phase(model, personal_params, examples, cfg.personal_epochs,
-                                     cfg.personal_lr, cfg.batch_size,
-                                     _batch_seed(seed, message.round_id, data.user, 1))
-        shared_loss = _plain_phase(model, shared_params, examples, cfg.local_epochs, cfg.lr,
-                                   cfg.batch_size,
-                                   _batch_seed(seed, message.round_id, data.user, 2))
+                                  cfg.num_negatives, rng, exclude=data.excluded)
+        local_train = getattr(model, "local_train", None)
+        if local_train is not None:  # a model with its own published local procedure
+            with deterministic_torch():
+                personal_loss, shared_loss = local_train(
+                    examples, epochs=cfg.local_epochs, lr=cfg.lr, personal_lr=cfg.personal_lr,
+                    batch_size=cfg.batch_size,
+                    seed=_batch_seed(seed, message.round_id, data.user, 2))
+        else:
+            personal_loss = _plain_phase(model, personal_params, examples, cfg.personal_epochs,
+                                         cfg.personal_lr, cfg.batch_size,
+                                         _batch_seed(seed, message.round_id, data.user, 1))
+            shared_loss = _plain_phase(model, shared_params, examples, cfg.local_epochs, cfg.lr,
+                                       cfg.batch_size,
+                                       _batch_seed(seed, message.round_id, data.user, 2))
         num_examples = len(examples)
         sent_metrics = {"personal_loss": personal_loss, "shared_loss": shared_loss}
+    model.after_local_training(message.shared)
     new_shared = state_of(model, SHARED)
     delta = spec.flatten(new_shared) - spec.flatten(message.shared)
     new_personal = {k: v[0] for k, v in state_of(model, PERSONAL).items()}

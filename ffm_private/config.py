@@ -50,6 +50,13 @@ class DataConfig:
                                 "to pretrain the frozen backbone (FedPA's recipe).")
     num_eval_negatives: int = _f(99, "Sampled negatives each held-out item is ranked against.")
     num_train_negatives: int = _f(4, "Training negatives per positive, resampled every round.")
+    protocol: str = _f("isolated", "Training negatives: isolated (never one of the user's "
+                       "evaluation candidates), pfedrec (any item outside the user's "
+                       "training set: this project's earlier sampling) or pfedrec-official "
+                       "(any item the user never interacted with, evaluation negatives "
+                       "included, as the official PFedRec code: inflates sampled metrics). "
+                       "The last two only for comparison with published figures; see "
+                       "docs/data.md.")
     csv_user_col: str = _f("user", "csv: column holding the user id.")
     csv_item_col: str = _f("item", "csv: column holding the item id.")
     csv_timestamp_col: str = _f("timestamp", "csv: column holding the timestamp.")
@@ -58,6 +65,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
         _choice("data.synthetic_preset", self.synthetic_preset, ("small", "ml100k"))
+        _choice("data.protocol", self.protocol, ("isolated", "pfedrec", "pfedrec-official"))
         if self.kind != "synthetic" and not self.path.strip():
             raise ConfigError(f"data.path is required for data.kind = {self.kind!r}")
         _range("data.public_fraction", self.public_fraction, 0.0, 0.9, open_low=True)
@@ -75,8 +83,12 @@ class DataConfig:
 class ModelConfig:
     """The recommender: foundation model with adapters, or a classic baseline."""
 
-    kind: str = _f("ffm", "ffm (frozen backbone + shared global adapter + local personal "
-                   "adapter, user embedding and gate) or fedmf (shares item embeddings).")
+    kind: str = _f("ffm", "ffm-pool (alias ffm: frozen pooled-embedding backbone + shared "
+                   "bottleneck adapters + local user embedding and gate), ffm-transformer "
+                   "(frozen SASRec-style backbone + shared LoRA + local personal adapter), "
+                   "fedmf (shares item embeddings) or pfedrec (PFedRec: shared item "
+                   "embeddings post-tuned on the client, local score function). See "
+                   "docs/models.md.")
     dim: int = _f(64, "Embedding dimension.")
     history_length: int = _f(20, "Most recent interactions the history encoder reads.")
     global_rank: int = _f(16, "Bottleneck width of the shared global adapter.")
@@ -88,12 +100,29 @@ class ModelConfig:
     personalization: bool = _f(True, "Train the personal parameters (user embedding, gate, "
                                "personal item adapter if personal_rank > 0). "
                                "False gives the global-only model.")
+    layers: int = _f(1, "ffm-transformer: self-attention blocks (more cost more per client "
+                     "step; bench/README.md). The global adapter is LoRA "
+                     "of rank global_rank on every block's q, k, v, o and feed-forward "
+                     "projections and on the scored item embeddings; personal_rank > 0 "
+                     "adds a personal LoRA. See docs/models.md.")
+    heads: int = _f(1, "ffm-transformer: attention heads (dim must be a multiple).")
+    ffa_lora: bool = _f(False, "ffm-transformer: FFA-LoRA: the LoRA A factors stay frozen at "
+                        "the backbone's seeded initialisation; only B is trained and sent "
+                        "(exact aggregation, half the shared parameters).")
+    lr_eta: float = _f(80.0, "pfedrec: the item-embedding learning rate is federated.lr x "
+                       "items x lr_eta (SGD, as the official code); the score function uses "
+                       "federated.personal_lr.")
 
     def validate(self) -> None:
-        _choice("model.kind", self.kind, ("ffm", "fedmf"))
-        for name in ("dim", "history_length", "global_rank"):
+        _choice("model.kind", self.kind,
+                ("ffm-pool", "ffm", "ffm-transformer", "fedmf", "pfedrec"))
+        for name in ("dim", "history_length", "global_rank", "layers", "heads"):
             _range(f"model.{name}", getattr(self, name), 1, 4096)
         _range("model.personal_rank", self.personal_rank, 0, 4096)
+        _range("model.lr_eta", self.lr_eta, 0.0, 1e12, open_low=True)
+        if self.kind == "ffm-transformer" and self.dim % self.heads:
+            raise ConfigError(f"model.dim = {self.dim} must be a multiple of model.heads = "
+                              f"{self.heads}")
 
 
 @dataclass(frozen=True)

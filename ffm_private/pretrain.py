@@ -34,7 +34,8 @@ def _pooled_examples(split: LeaveOneOutSplit, users: np.ndarray, n_items: int, l
     parts, owners = [], []
     for row, u in enumerate(users):
         rng = train_negative_rng(seed, -1 - epoch, int(u))
-        ex = build_examples(split.train[u], n_items, length, num_negatives, rng)
+        ex = build_examples(split.train[u], n_items, length, num_negatives, rng,
+                            exclude=split.negative_exclusions(int(u)))
         parts.append(ex)
         owners.append(np.full(len(ex), row, dtype=np.int64))
     return (Examples(np.concatenate([p.history for p in parts]),
@@ -47,14 +48,15 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: PretrainConfig, split: LeaveO
                       progress: bool = True) -> dict[str, np.ndarray]:
     """Train backbone (and throw-away user rows) on ``users``; return the backbone state."""
     torch.manual_seed(seed)
-    if model_cfg.kind == "ffm":
+    if model_cfg.kind in ("ffm", "ffm-pool", "ffm-transformer"):
         # Public users get throw-away user embeddings and gates even for a global-only run, but
         # no personal item adapters: those would absorb item knowledge that is then discarded
         # (a backbone pretrained beside rank-8 item adapters starts federated training at
         # loss 0.41 instead of 0.28 on the ml100k preset).
         model_cfg = dataclasses.replace(model_cfg, personalization=True, personal_rank=0)
     model = build_model(model_cfg, split.n_items, max(len(users), 1))
-    backbone = list(params_of(model, FROZEN).values())
+    # FFA-LoRA's A factors belong to the backbone but stay at their seeded initialisation
+    backbone = [p for n, p in params_of(model, FROZEN).items() if ".lora_a." not in n]
     if not backbone or len(users) == 0 or cfg.epochs == 0:
         return state_of(model, FROZEN)
     personal = params_of(model, PERSONAL)

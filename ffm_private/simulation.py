@@ -110,7 +110,7 @@ def _load_interactions(cfg: Config, synthetic_source: Path) -> Any:
 
 def _split(cfg: Config, interactions: Any) -> LeaveOneOutSplit:
     return leave_one_out(interactions, num_eval_negatives=cfg.data.num_eval_negatives,
-                         seed=cfg.federated.seed)
+                         seed=cfg.federated.seed, protocol=cfg.data.protocol)
 
 
 def load_split(cfg: Config, run_dir: Path) -> LeaveOneOutSplit:
@@ -587,7 +587,9 @@ class Simulation:
         for cid in bar:
             generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
             result = train_client(self.workspace, message, state.personal.get(cid),
-                                  ClientData(cid, self.split.train[cid]), self.local_cfg, f.seed,
+                                  ClientData(cid, self.split.train[cid],
+                                             self.split.negative_exclusions(cid)),
+                                  self.local_cfg, f.seed,
                                   generator=generator)
             losses.append(result.metrics["shared_loss"])
             update = result.update
@@ -711,7 +713,8 @@ class Simulation:
         summary = {
             "run_dir": str(self.run_dir),
             "dataset": {"kind": self.cfg.data.kind, "users": self.split.n_users,
-                        "items": self.split.n_items},
+                        "items": self.split.n_items,
+                        "protocol": self.cfg.data.protocol},
             "model": self.cfg.model.kind,
             "rounds": state.round_id,
             "rounds_applied": len(state.history) - len(aborted),
@@ -743,7 +746,8 @@ def render_summary(summary: dict[str, Any], k: int) -> str:
         f"# Run summary: {summary['run_dir']}",
         "",
         f"- data: {summary['dataset']['kind']} ({summary['dataset']['users']} users, "
-        f"{summary['dataset']['items']} items); model: {summary['model']} "
+        f"{summary['dataset']['items']} items; evaluation protocol "
+        f"{summary['dataset'].get('protocol', 'pfedrec')}); model: {summary['model']} "
         f"({summary['shared_parameters']} shared parameters)",
         f"- rounds: {summary['rounds']}; selected round {summary['selected_round']} "
         f"({summary['selection']})",

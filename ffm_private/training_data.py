@@ -41,11 +41,17 @@ class Examples:
 
 
 def build_examples(train_items: np.ndarray, n_items: int, history_length: int,
-                   num_negatives: int, rng: np.random.Generator) -> Examples:
-    """One row per training positive, ``num_negatives`` fresh negatives each."""
+                   num_negatives: int, rng: np.random.Generator, *,
+                   exclude: np.ndarray | None = None) -> Examples:
+    """One row per training positive, ``num_negatives`` fresh negatives each.
+
+    ``exclude``: items never drawn as negatives (the user's evaluation candidates under the
+    isolated protocol; see :mod:`ffm_private.data.split`).
+    """
     train_items = np.asarray(train_items, dtype=np.int64)
     n = len(train_items)
-    negs = sample_train_negatives(train_items, n_items, num_negatives, rng).reshape(n, num_negatives)
+    negs = sample_train_negatives(train_items, n_items, num_negatives, rng,
+                                  exclude=exclude).reshape(n, num_negatives)
     items = np.concatenate([train_items[:, None], negs], axis=1)
     labels = np.zeros(items.shape, dtype=np.float32)
     labels[:, 0] = 1.0

@@ -5,6 +5,21 @@ the second latest the validation item, the rest is training data; each held-out 
 against 99 items the user never interacted with, drawn once per user and seed; training uses
 4 negatives per positive, drawn afresh every round.
 
+Two training-negative protocols (``LeaveOneOutSplit.protocol``):
+
+- ``isolated`` (the default): a user's training negatives never include any of that user's
+  evaluation candidates (its validation and test items and their sampled negatives). A client
+  that trains item parameters would otherwise learn to rank its own evaluation negatives low.
+- ``pfedrec``: negatives are drawn from every item outside the user's training set: this
+  project's sampling before the isolated protocol, draw for draw. The user's validation and
+  test items can be drawn too, as often as each evaluation negative.
+- ``pfedrec-official``: negatives are drawn from every item the user never interacted with
+  (validation and test items excluded, the evaluation negatives included), as the official
+  PFedRec code samples them. Its leak favours the held-out items, which no training step
+  pushes down; use it to compare with PFedRec's published figures.
+
+The last two are kept only for comparison with published figures.
+
 Every random stream is keyed by a domain tag plus ``(seed, [round,] user)`` through
 ``np.random.SeedSequence``: a user's draws never depend on which other users exist, on the
 order clients are trained in, or on how many rounds ran before a resume.
@@ -23,6 +38,9 @@ from ffm_private.data.interactions import MIN_INTERACTIONS, Interactions, first_
 _EVAL_NEGATIVES_TAG = 0xE7A1
 _TRAIN_NEGATIVES_TAG = 0x7EA1
 
+#: Training-negative protocols: see the module docstring.
+PROTOCOLS = ("isolated", "pfedrec", "pfedrec-official")
+
 
 @dataclass(frozen=True, eq=False)
 class LeaveOneOutSplit:
@@ -39,16 +57,38 @@ class LeaveOneOutSplit:
     source_users: np.ndarray | None = None
     #: The dataset's own id of each user (as in the source file), for reports and caps.
     raw_user_ids: np.ndarray | None = None
+    #: How training negatives relate to the evaluation candidates (see :data:`PROTOCOLS`).
+    protocol: str = "isolated"
+
+    def evaluation_candidates(self, user: int) -> np.ndarray:
+        """Every item ``user`` is evaluated on: valid and test items and their negatives."""
+        return np.unique(np.concatenate([[self.valid[user], self.test[user]],
+                                         self.eval_negatives[user]])).astype(np.int64)
+
+    def negative_exclusions(self, user: int) -> np.ndarray | None:
+        """Items ``user``'s training negatives must avoid besides its training items.
+
+        ``None`` under the ``pfedrec`` protocol (the previous sampling, unchanged).
+        """
+        if self.protocol == "pfedrec":
+            return None
+        if self.protocol == "pfedrec-official":
+            return np.unique([self.valid[user], self.test[user]]).astype(np.int64)
+        return self.evaluation_candidates(user)
 
 
-def leave_one_out(data: Interactions, *, num_eval_negatives: int = 99,
-                  seed: int = 0) -> LeaveOneOutSplit:
+def leave_one_out(data: Interactions, *, num_eval_negatives: int = 99, seed: int = 0,
+                  protocol: str = "isolated") -> LeaveOneOutSplit:
     """Split each user's interactions by time: ..., valid, test.
 
     Ties in timestamp keep the source row order (a stable sort), so the split is a function
     of the file alone. Users with fewer than 3 interactions are dropped with a warning.
+    ``protocol`` says which items training negatives avoid (see :data:`PROTOCOLS`); the
+    split itself does not depend on it.
     """
     seed_words = _signed(seed, "seed")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol = {protocol!r} is not one of {list(PROTOCOLS)}")
     if num_eval_negatives < 0:
         raise ValueError("num_eval_negatives must be >= 0")
     keep = first_occurrences(data.user, data.item, data.timestamp)
@@ -84,11 +124,17 @@ def leave_one_out(data: Interactions, *, num_eval_negatives: int = 99,
         seen[history] = False
         rng = np.random.default_rng(np.random.SeedSequence([_EVAL_NEGATIVES_TAG, *seed_words, int(u)]))
         negatives[row] = rng.choice(candidates, size=num_eval_negatives, replace=False)
+        if protocol == "isolated" and free == num_eval_negatives:
+            raise DataError(f"user {data.raw_user_ids[u]} interacted with {len(history)} of "
+                            f"{data.n_items} items: with {num_eval_negatives} evaluation "
+                            f"negatives no item is left for training negatives under "
+                            f"data.protocol = 'isolated' (use fewer data.num_eval_negatives)")
 
     return LeaveOneOutSplit(
         n_users=len(users), n_items=data.n_items, train=train,
         valid=valid.astype(np.int64), test=test.astype(np.int64), eval_negatives=negatives,
-        source_users=users.astype(np.int64), raw_user_ids=np.asarray(data.raw_user_ids)[users])
+        source_users=users.astype(np.int64), raw_user_ids=np.asarray(data.raw_user_ids)[users],
+        protocol=protocol)
 
 
 def train_negative_rng(seed: int, round_id: int, user: int) -> np.random.Generator:
@@ -104,11 +150,14 @@ def train_negative_rng(seed: int, round_id: int, user: int) -> np.random.Generat
 
 
 def sample_train_negatives(train_items: np.ndarray, n_items: int, num_negatives: int,
-                           rng: np.random.Generator) -> np.ndarray:
+                           rng: np.random.Generator, *,
+                           exclude: np.ndarray | None = None) -> np.ndarray:
     """``num_negatives`` uniform draws per positive from the items not in ``train_items``.
 
     Draws are with replacement (as in NCF and PFedRec): positive ``k``'s negatives are
-    ``out[k * num_negatives:(k + 1) * num_negatives]``.
+    ``out[k * num_negatives:(k + 1) * num_negatives]``. Items in ``exclude`` (the user's
+    evaluation candidates under the isolated protocol) are never drawn; ``exclude=None``
+    is the ``pfedrec`` protocol's sampling, draw for draw.
     """
     if num_negatives < 0:
         raise ValueError("num_negatives must be >= 0")
@@ -120,9 +169,15 @@ def sample_train_negatives(train_items: np.ndarray, n_items: int, num_negatives:
         return np.zeros(0, dtype=np.int64)
     positive = np.zeros(n_items, dtype=bool)
     positive[train_items] = True
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64)
+        if len(exclude) and (exclude.min() < 0 or exclude.max() >= n_items):
+            raise ValueError(f"exclude must be item ids in 0..{n_items - 1}")
+        positive[exclude] = True
     candidates = np.flatnonzero(~positive)
     if len(candidates) == 0:
-        raise DataError("the user interacted with every item: no negative can be sampled")
+        raise DataError("every item is a training item or an evaluation candidate of the user: "
+                        "no training negative can be sampled")
     return candidates[rng.integers(0, len(candidates), size=size)]
 
 

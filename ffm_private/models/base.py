@@ -10,6 +10,7 @@ scores every user at once for evaluation, from one code path.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -60,3 +61,11 @@ class Recommender(nn.Module):
     def personal_init(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """One user's initial personal parameters (without the leading user axis)."""
         return {}
+
+    def after_local_training(self, received: Mapping[str, np.ndarray]) -> None:
+        """Called on the client after local training, before its personal state is kept.
+
+        ``received`` is the round's global shared state. A model whose personal state is
+        derived from its own local update of shared parameters (PFedRec's post-tuned item
+        embeddings) records it here; by default nothing happens.
+        """

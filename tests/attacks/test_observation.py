@@ -39,8 +39,8 @@ registry.register("hiding-test", f"{__name__}:HidingProtocol")
 
 def _config(tiny_data_dir, run_dir, **overrides) -> Config:
     return Config(run_dir=str(run_dir)).replace(**{
-        "data.path": str(tiny_data_dir), "model.kind": "fedmf", "model.dim": 16,
-        "pretrain.epochs": 0, "federated.rounds": 3, "federated.client_fraction": 0.5,
+        "data.path": str(tiny_data_dir), "data.protocol": "pfedrec",  # 150 items: see conftest
+        "model.kind": "fedmf", "model.dim": 16, "pretrain.epochs": 0, "federated.rounds": 3, "federated.client_fraction": 0.5,
         "evaluation.full_ranking": False, "observation.rounds": [1, 2, 3], **overrides})
 
 

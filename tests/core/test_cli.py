@@ -12,7 +12,8 @@ def test_config_command_documents_every_section(capsys):
 
 
 def test_train_then_evaluate(tiny_config, capsys):
-    args = [f"data.path={tiny_config.data.path}", "model.dim=16", "pretrain.epochs=1",
+    args = [f"data.path={tiny_config.data.path}", "data.protocol=pfedrec",  # see conftest
+            "model.dim=16", "pretrain.epochs=1",
             "federated.rounds=2", "evaluation.full_ranking=false"]
     argv = ["train", "-q", "--run-dir", tiny_config.run_dir]
     for a in args:
