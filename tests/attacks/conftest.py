@@ -20,7 +20,10 @@ def audit_data_dir(tmp_path_factory):
 
 def fedmf_config(data_dir, run_dir, **overrides) -> Config:
     return Config(run_dir=str(run_dir)).replace(**{
-        "data.path": str(data_dir), "data.public_fraction": 0.3, "model.kind": "fedmf",
+        # the attacks are calibrated on PFedRec's (leaky) negative sampling, the setting of
+        # the published federated recommenders they are meant to audit
+        "data.path": str(data_dir), "data.protocol": "pfedrec", "data.public_fraction": 0.3,
+        "model.kind": "fedmf",
         "model.dim": 32, "pretrain.epochs": 0, "federated.rounds": 2,
         "evaluation.full_ranking": False, "observation.rounds": [1, 2],
         "observation.max_clients": 1000, **overrides})

@@ -38,7 +38,8 @@ def crashed(tmp_path_factory, tiny_data_dir):
     mp = pytest.MonkeyPatch()
     base = tmp_path_factory.mktemp("corruption")
     cfg = Config(run_dir=str(base / "crashed")).replace(**{
-        "data.path": str(tiny_data_dir), "model.dim": 8, "model.history_length": 8,
+        "data.path": str(tiny_data_dir), "data.protocol": "pfedrec",  # 150 items: see conftest
+        "model.dim": 8, "model.history_length": 8,
         "pretrain.epochs": 1, "federated.rounds": 3, "evaluation.full_ranking": False})
     run_training(cfg.replace(run_dir=str(base / "reference")), progress=False)
     crash_in_round(cfg, 3, mp)

@@ -57,7 +57,7 @@ def _config(kind: str, run: Path, data: Path) -> Config:
     if kind == "gen":  # the small preset, generated into <run>/data
         return cfg.replace(**{"federated.rounds": 2, "federated.client_fraction": 0.1,
                               "observation.enabled": False})
-    cfg = cfg.replace(**{"data.path": str(data)})
+    cfg = cfg.replace(**{"data.path": str(data), "data.protocol": "pfedrec"})  # see conftest
     return cfg.replace(privacy=PRIVACY) if kind == "dp" else cfg
 
 

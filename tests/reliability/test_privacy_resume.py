@@ -28,7 +28,8 @@ def dp_crashed(tmp_path_factory, tiny_data_dir):
 
     base = tmp_path_factory.mktemp("dp-resume")
     cfg = Config(run_dir=str(base / "crashed")).replace(**{
-        "data.path": str(tiny_data_dir), "model.dim": 8, "model.history_length": 8,
+        "data.path": str(tiny_data_dir), "data.protocol": "pfedrec",  # 150 items: see conftest
+        "model.dim": 8, "model.history_length": 8,
         "pretrain.epochs": 1, "federated.rounds": 3, "federated.client_fraction": 0.5,
         "evaluation.full_ranking": False, "privacy": PRIVACY})
     mp = pytest.MonkeyPatch()
