@@ -9,7 +9,7 @@ and never needs to know which protocol it holds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -148,13 +148,9 @@ def centred_lift(residues: np.ndarray, modulus: int) -> np.ndarray:
     return np.where(r >= (modulus + 1) // 2, r - modulus, r).astype(np.float64)
 
 
-def check_integer_updates(updates: Mapping[int, np.ndarray],
-                          modulus: int) -> tuple[list[int], int]:
-    """Validate integer-path inputs: 1-D int64 vectors in ``[0, modulus)``, one length.
-
-    Like :func:`check_updates`: the caller's own vectors, so problems are :class:`WrongLength`
-    or :class:`ValueError` naming the client.
-    """
+def _check_vectors(updates: Mapping[int, np.ndarray],
+                   check_values: Callable[[int, np.ndarray], None]) -> tuple[list[int], int]:
+    """1-D vectors of one common length, each passing ``check_values``; sorted ids, length."""
     if not updates:
         raise ValueError("no client updates to aggregate")
     ids = sorted(updates)
@@ -163,12 +159,7 @@ def check_integer_updates(updates: Mapping[int, np.ndarray],
         vec = np.asarray(updates[cid])
         if vec.ndim != 1:
             raise WrongLength(f"update must be 1-D, got shape {vec.shape}", client_id=cid)
-        if vec.dtype != np.int64:
-            raise ValueError(f"client {cid}: an integer-path update must be int64, got "
-                             f"{vec.dtype}")
-        if vec.size and (int(vec.min()) < 0 or int(vec.max()) >= modulus):
-            raise ValueError(f"client {cid}: integer-path values must lie in [0, {modulus}) "
-                             "(reduce them modulo the protocol's integer_modulus)")
+        check_values(cid, vec)
         if length is None:
             length = vec.shape[0]
         elif vec.shape[0] != length:
@@ -177,6 +168,24 @@ def check_integer_updates(updates: Mapping[int, np.ndarray],
             )
     assert length is not None
     return ids, length
+
+
+def check_integer_updates(updates: Mapping[int, np.ndarray],
+                          modulus: int) -> tuple[list[int], int]:
+    """Validate integer-path inputs: 1-D int64 vectors in ``[0, modulus)``, one length.
+
+    Like :func:`check_updates`: the caller's own vectors, so problems are :class:`WrongLength`
+    or :class:`ValueError` naming the client.
+    """
+    def in_range(cid: int, vec: np.ndarray) -> None:
+        if vec.dtype != np.int64:
+            raise ValueError(f"client {cid}: an integer-path update must be int64, got "
+                             f"{vec.dtype}")
+        if vec.size and (int(vec.min()) < 0 or int(vec.max()) >= modulus):
+            raise ValueError(f"client {cid}: integer-path values must lie in [0, {modulus}) "
+                             "(reduce them modulo the protocol's integer_modulus)")
+
+    return _check_vectors(updates, in_range)
 
 
 def check_updates(updates: Mapping[int, np.ndarray]) -> tuple[list[int], int]:
@@ -186,23 +195,10 @@ def check_updates(updates: Mapping[int, np.ndarray]) -> tuple[list[int], int]:
     vectors, so a problem here is a programming error, reported as :class:`WrongLength`
     or :class:`ValueError` naming the client.
     """
-    if not updates:
-        raise ValueError("no client updates to aggregate")
-    ids = sorted(updates)
-    length = None
-    for cid in ids:
-        vec = np.asarray(updates[cid])
-        if vec.ndim != 1:
-            raise WrongLength(f"update must be 1-D, got shape {vec.shape}", client_id=cid)
+    def finite_floats(cid: int, vec: np.ndarray) -> None:
         if not np.issubdtype(vec.dtype, np.floating):
             raise ValueError(f"client {cid}: update must be a float vector, got {vec.dtype}")
         if not np.all(np.isfinite(vec)):
             raise ValueError(f"client {cid}: update contains NaN or infinity")
-        if length is None:
-            length = vec.shape[0]
-        elif vec.shape[0] != length:
-            raise WrongLength(
-                f"update has length {vec.shape[0]}, others have {length}", client_id=cid
-            )
-    assert length is not None
-    return ids, length
+
+    return _check_vectors(updates, finite_floats)

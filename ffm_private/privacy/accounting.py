@@ -201,7 +201,10 @@ def _check_reachable(target: float, history: tuple[tuple[float, float, int], ...
     Below ``MIN_NOISE`` the accountants slow down sharply (the search for epsilon = 1e9 did
     not finish in minutes); such a target protects nothing useful anyway.
     """
-    floor = _epsilon_cached(history, delta, accountant)
+    try:
+        floor = _epsilon_cached(history, delta, accountant)
+    except AccountingError:  # no finite bound at the floor: the target needs more noise
+        return
     if floor <= target:
         raise AccountingError(
             f"epsilon = {target:g} is looser than noise multiplier {MIN_NOISE:g} already gives "

@@ -308,3 +308,12 @@ def test_a_target_looser_than_the_search_range_is_refused_at_once(capsys):
     code = main(["budget", "--epsilon", "1e9", "--rounds", "100", "--client-rate", "0.1"])
     assert code == 2 and time.perf_counter() - start < 30
     assert "looser than noise multiplier 0.3" in capsys.readouterr().err
+
+
+def test_a_floor_without_a_finite_bound_does_not_block_the_search():
+    """At noise 0.3, rate 1 and 200 steps PRV has no finite epsilon: the target needs more
+    noise, and the search must go on (it did raise once, breaking example-level plans)."""
+    from ffm_private.privacy.accounting import noise_for_epsilon
+
+    sigma = noise_for_epsilon(8.0, 1.0, 200, 1e-5, "prv")
+    assert 0.3 < sigma < 20
