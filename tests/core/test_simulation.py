@@ -7,27 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ffm_private.config import Config, to_toml
 from ffm_private.data import SyntheticConfig, generate_synthetic
 from ffm_private.simulation import RunDirectoryError, Simulation, run_training
 from ffm_private.storage import load_arrays
-from tests.run_records import round_metrics
-
-
-def _final_state(run_dir: Path):
-    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "LATEST").read_text().strip()
-    return load_arrays(ckpt / "global.npz"), load_arrays(ckpt / "personal.npz")
-
-
-def _assert_same_run(a: Path, b: Path):
-    assert round_metrics(a) == round_metrics(b)
-    for x, y in zip(_final_state(a), _final_state(b), strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+from tests.run_records import assert_same_run, round_metrics
 
 
 def test_run_directory_layout(tiny_config):
@@ -74,7 +60,7 @@ def test_resume_after_an_exception_mid_round_equals_uninterrupted(tiny_config, t
     monkeypatch.setattr(Simulation, "run_round", original)
     assert len(round_metrics(Path(tiny_config.run_dir))) == 2
     run_training(tiny_config, resume=True, progress=False)
-    _assert_same_run(Path(reference.run_dir), Path(tiny_config.run_dir))
+    assert_same_run(Path(reference.run_dir), Path(tiny_config.run_dir))
 
 
 @pytest.mark.slow
@@ -98,7 +84,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_config, tmp_path):
     # (on a loaded machine a kill may land before the run directory exists: then start it)
     subprocess.run(cmd + (["--resume"] if (run / "config.toml").exists() else []), env=env,
                    check=True, stdout=subprocess.DEVNULL)
-    _assert_same_run(Path(reference.run_dir), run)
+    assert_same_run(Path(reference.run_dir), run)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ffm_private.config import to_toml
 from ffm_private.simulation import run_training
-from ffm_private.storage import load_arrays
-from tests.run_records import ledger_spends, round_metrics
+from tests.run_records import assert_same_run, ledger_spends
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
@@ -85,14 +83,5 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_config, t
     run_training(cfg, resume=True, progress=False)
     ref = Path(reference.run_dir)
     assert ledger_spends(run) == ledger_spends(ref)
-    assert round_metrics(run) == round_metrics(ref)
-    latest = (run / "checkpoints" / "LATEST").read_text().strip()
-    a = load_arrays(run / "checkpoints" / latest / "global.npz")
-    b = load_arrays(ref / "checkpoints" / latest / "global.npz")
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    pa = load_arrays(run / "checkpoints" / latest / "personal.npz")
-    pb = load_arrays(ref / "checkpoints" / latest / "personal.npz")
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k])
+    assert_same_run(run, ref)
 
