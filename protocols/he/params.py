@@ -142,6 +142,11 @@ class HEOptions:
         ckks_key_risk_accepted: CKKS only, required: the run accepts that the server, which
             sees each round's decrypted CKKS sum, can recover that round's secret key
             passively (Li and Micciancio, Eurocrypt 2021) and decrypt that round's updates.
+        report_clipped: each client puts its count of clipped coordinates in its receipt,
+            and the key holder hands the server the round's total. ``False`` (set by the
+            privacy layer under distributed DP, where the server is untrusted): every client
+            reports 0, so neither the key holder nor the server learns this un-noised
+            statistic, and the round's ``clipped`` is ``None``.
     """
 
     params: HEParams
@@ -149,9 +154,11 @@ class HEOptions:
     clip: float = DEFAULT_CLIP
     max_clients: int | None = None
     ckks_key_risk_accepted: bool = False
+    report_clipped: bool = True
 
 
-_KEYS = ("scheme", "preset", "min_clients", "clip", "max_clients", "ckks_key_risk_accepted")
+_KEYS = ("scheme", "preset", "min_clients", "clip", "max_clients", "ckks_key_risk_accepted",
+         "report_clipped")
 _PREFIX = "protocol.options."
 
 #: The option a CKKS run must set to ``true``.
@@ -212,7 +219,10 @@ def parse_options(options: Mapping[str, Any]) -> HEOptions:
             raise ValueError(f"protocol.options.max_clients = {max_clients} exceeds the "
                              f"{params.max_summands} summands preset {preset!r} supports")
         check_precision(params, clip, max_clients)
-    return HEOptions(params, min_clients, clip, max_clients, accepted)
+    report = options.get("report_clipped", True)
+    if not isinstance(report, bool):
+        raise _error("report_clipped", f"must be true or false, got {report!r}")
+    return HEOptions(params, min_clients, clip, max_clients, accepted, report)
 
 
 def check_precision(params: HEParams, clip: float, max_clients: int) -> None:

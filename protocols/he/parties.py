@@ -91,9 +91,10 @@ class HEClient:
         Returns the framed update (for the server) and the receipt (for the key holder).
         BFV's stochastic rounding is keyed from ``secret`` (the client's 32-byte round secret;
         ``None``: fresh OS randomness). Coordinates beyond the clip are clipped; their count
-        goes in the receipt, so only the key holder sees it and the server gets the total.
-        ``integer``: ``update`` holds residues modulo ``t`` (int64), encrypted as they are
-        (no clip, no rounding; the clipped count is 0).
+        goes in the receipt, so only the key holder sees it and the server gets the total
+        (0 with ``report_clipped = false``: nobody learns it). ``integer``: ``update`` holds
+        residues modulo ``t`` (int64), encrypted as they are (no clip, no rounding; the
+        clipped count is 0).
         """
         op, public = self.read_opening(opening, integer=integer)
         params, clip = self.options.params, self.options.clip
@@ -106,7 +107,8 @@ class HEClient:
             raise ReplayedMessage(f"this client already contributed to round {round_id}: a "
                                   "second encryption of the same update would let the server "
                                   "difference two sums", **where)
-        clipped = 0 if integer else int(np.count_nonzero(np.abs(update) > clip))
+        counted = self.options.report_clipped and not integer
+        clipped = int(np.count_nonzero(np.abs(update) > clip)) if counted else 0
         if integer:  # the same residue, centred: SEAL's batch encoder takes |v| <= (t - 1) / 2
             t = params.plain_modulus
             values = np.where(update > t // 2, update - t, update)

@@ -10,7 +10,8 @@ One round, every message through the :class:`~protocols.channel.Channel` as byte
 3. ``encrypted_update`` (client -> server): the update, clipped (BFV: mapped to fixed-point
    residues with :class:`~protocols.quantize.FixedPointCodec`, rounding keyed from the
    client's secret), encrypted under the round's key; the receipt also carries the client's
-   clipped-coordinate count (the server learns only the round's total).
+   clipped-coordinate count (the server learns only the round's total; with
+   ``report_clipped = false``, as under distributed DP, every client reports 0).
    The server checks it completely and forwards it (``forwarded_update``) to the key holder,
    which adds it to its own sum only if a receipt of that client names exactly these bytes.
 4. ``aggregate`` (server -> key holder): the request to decrypt; the key holder decrypts its
@@ -59,7 +60,8 @@ class HEResult(AggregateResult):
     Attributes:
         clipped: coordinates clipped before encryption, summed over the contributors (each
             client's count travels in its authenticated receipt to the key holder, which
-            returns only the total with the sum).
+            returns only the total with the sum); ``None`` with ``report_clipped = false``
+            (nothing is counted).
         round_keys_bytes: size of the round's public context, sent to every client.
         timings: seconds: ``key_holder_open`` (key generation and signature),
             ``client_encrypt`` (summed over clients), ``server_check``, ``key_holder_verify``
@@ -67,7 +69,7 @@ class HEResult(AggregateResult):
         client_errors: problems clients found in what they were sent (they did not upload).
     """
 
-    clipped: int = 0
+    clipped: int | None = 0
     round_keys_bytes: int = 0
     timings: Mapping[str, float] = field(default_factory=dict)
     client_errors: Mapping[int, ProtocolError] = field(default_factory=dict)
@@ -86,6 +88,7 @@ class HEProtocol(AggregationProtocol):
     stages = (RECEIPT, UPLOAD, ANSWER)
     reveals_individual_updates = False
     supports_distributed_noise = True
+    private_statistics_option = "report_clipped"
 
     def __init__(self, options: HEOptions | None = None, *, key_holder: KeyHolder | None = None,
                  progress: bool = False) -> None:
@@ -111,8 +114,8 @@ class HEProtocol(AggregationProtocol):
 
     @classmethod
     def from_options(cls, options: Mapping) -> HEProtocol:
-        """``scheme``, ``preset``, ``min_clients``, ``clip``, ``max_clients``, and for CKKS
-        the required ``ckks_key_risk_accepted = true``."""
+        """``scheme``, ``preset``, ``min_clients``, ``clip``, ``max_clients``,
+        ``report_clipped``, and for CKKS the required ``ckks_key_risk_accepted = true``."""
         return cls(parse_options(options))
 
     @property
@@ -186,7 +189,8 @@ class HEProtocol(AggregationProtocol):
             raise ValueError(f"{n} clients exceed protocol.options.max_clients = "
                              f"{self.options.max_clients}: their sum could leave the encoding's "
                              "range")
-        for cid in [] if integer else ids:
+        # the warning names a client's peak value: not emitted when statistics are withheld
+        for cid in [] if integer or not self.options.report_clipped else ids:
             peak = float(np.max(np.abs(updates[cid])))
             if peak > self.options.clip:
                 warnings.warn(f"client {cid}: update coordinates up to {peak:.3g} are clipped "
@@ -302,7 +306,7 @@ class HEProtocol(AggregationProtocol):
             individual=None,
             bytes_up=channel.bytes_up,
             bytes_down=channel.bytes_down,
-            clipped=count,
+            clipped=count if self.options.report_clipped else None,
             round_keys_bytes=inbox.public.size,
             timings=timings,
             client_errors=client_errors,

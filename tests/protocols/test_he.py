@@ -495,3 +495,93 @@ def test_rounding_is_keyed_from_the_client_secret_not_the_public_seed():
         p.aggregate(5, ups, secrets={0: base[0]})
     with pytest.raises(ValueError, match="client 1: the round secret must be 32 bytes"):
         p.aggregate(5, ups, secrets={0: base[0], 1: b"short"})
+
+
+# -- what the server learns besides the sum: the clipped count ---------------------------------
+class _ServerView(Channel):
+    """Records every message the server receives (uploads, and the key holder's answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[str, int, bytes]] = []
+
+    def upload(self, stage, client_id, payload):
+        out = super().upload(stage, client_id, payload)
+        if out is not None:
+            self.received.append((stage, client_id, out))
+        return out
+
+
+def _count(payload: bytes) -> int:
+    """The 8-byte count, the frame's last chunk (sums and receipts end with it)."""
+    return int.from_bytes(payload[-8:], "little")
+
+
+def _answer_count(view: _ServerView) -> int:
+    (answer,) = [p for stage, _, p in view.received if stage == "decrypted_sum"]
+    return _count(answer)
+
+
+def _clipping_round(options):
+    """Three clients, of which two exceed the clip on 1 and 2 coordinates: the exact count is
+    a statistic of their un-noised updates."""
+    proto = create("he", {"scheme": "bfv", "clip": 1.0, **options})
+    view = _ServerView()
+    ups = {0: np.array([0.5, 0.0, 0.0]), 1: np.array([3.0, 0.0, 0.0]),
+           2: np.array([0.0, -4.0, 9.0])}
+    with pytest.warns(RuntimeWarning) if options.get("report_clipped", True) else _no_warning():
+        res = proto.aggregate(0, ups, channel=view)
+    return proto, view, res
+
+
+class _no_warning:  # noqa: N801 - a context manager used like pytest.warns
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def test_the_server_learns_the_exact_clipped_count_unless_report_clipped_is_false():
+    """Adversary: the server (untrusted under distributed DP). Before: the key holder's answer
+    hands it the exact number of clipped coordinates (3), an un-noised statistic of the
+    clients' data. With report_clipped = false (what the privacy layer sets under distributed
+    noise) every client reports 0, so the answer and the key holder's receipts carry nothing
+    about the data, and the result has no count; the sum itself is unchanged."""
+    _, view, res = _clipping_round({})
+    assert _answer_count(view) == 3 and res.clipped == 3  # recovered: the exact count
+    proto, view, res = _clipping_round({"report_clipped": False})
+    assert _answer_count(view) == 0  # nothing to recover
+    assert res.clipped is None
+    receipts = [p for stage, _, p in view.received if stage == "receipt"]
+    assert len(receipts) == 3 and all(_count(r) == 0 for r in receipts)
+    np.testing.assert_allclose(res.total, [1.5, -1.0, 1.0], atol=1e-5)
+    assert HEProtocol.private_statistics_option == "report_clipped"
+    with pytest.raises(ValueError, match="report_clipped"):
+        parse_options({"report_clipped": "no"})
+
+
+def test_distributed_dp_withholds_the_clipped_count_from_the_he_server():
+    """The privacy layer finds the option through the protocol's capability (not its name)
+    and sets it false under distributed noise: the protocol the run builds reports no count."""
+    from types import SimpleNamespace
+
+    from ffm_private.simulation import Simulation
+
+    def options_for(placement):
+        run = SimpleNamespace(
+            cfg=SimpleNamespace(protocol=SimpleNamespace(name="he", options={"clip": 4.0})),
+            privacy=SimpleNamespace(plan=SimpleNamespace(noise_placement=placement),
+                                    cfg=SimpleNamespace(min_survivors=3)))
+        return Simulation._protocol_options(run)
+
+    assert options_for("distributed")["report_clipped"] is False
+    assert "report_clipped" not in options_for("central")  # the trusted server may see it
+    proto = create("he", options_for("distributed"))
+    with _no_warning():
+        res = proto.aggregate(0, {c: np.array([9.0, 0.0]) for c in range(3)})
+    assert res.clipped is None
