@@ -50,7 +50,8 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
-from ffm_private.privacy.mechanism import NULL_MECHANISM, ReleaseContext
+from ffm_private.privacy.errors import InsufficientNoiseError
+from ffm_private.privacy.mechanism import NULL_MECHANISM, NothingToRelease, ReleaseContext
 from ffm_private.privacy.mechanism import Mechanism as PrivMechanism
 
 DEFAULT_BETA = 1e-3
@@ -246,10 +247,19 @@ class ProductionRelease:
 
 
 class _ScaledNoise:
-    """A generator whose ``normal`` draws have their scale multiplied by ``factor``."""
+    """A generator whose noise has its scale multiplied by ``factor``: ``normal`` draws, and
+    the discrete Gaussian's std through ``noise_factor``; every other draw (the discrete
+    mechanism's rounding and sampling bits) comes from ``rng`` unchanged."""
 
     def __init__(self, rng: Any, factor: float) -> None:
         self.rng, self.factor = rng, factor
+
+    @property
+    def noise_factor(self) -> float:
+        return self.factor * float(getattr(self.rng, "noise_factor", 1.0))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rng, name)
 
     def normal(self, loc: float = 0.0, scale: float = 1.0, size: Any = None) -> np.ndarray:
         if self.factor == 0.0:
@@ -265,6 +275,7 @@ class PlantedBug(PrivMechanism):
     def __init__(self, inner: PrivMechanism) -> None:
         self.inner = inner
         self.releases_every_round = inner.releases_every_round  # type: ignore[misc]
+        self.encoding = inner.encoding  # type: ignore[misc]
 
     def clip(self, update: np.ndarray) -> np.ndarray:
         return self.inner.clip(update)
@@ -274,6 +285,9 @@ class PlantedBug(PrivMechanism):
 
     def check_release(self, ctx: ReleaseContext) -> None:
         self.inner.check_release(ctx)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        return self.inner.decode(total)
 
     def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
         return self.inner.server_noise(total, rng)
@@ -423,7 +437,7 @@ def canary_directions(count: int, rng: np.random.Generator) -> np.ndarray:
     canaries do not leak into each other's scores, which makes their scores independent under a
     per-client Gaussian mechanism (what the Clopper-Pearson bound needs).
     """
-    dim = 1 << max(1, int(count - 1).bit_length())
+    dim = canary_dim(count)
     rows = rng.choice(dim, size=count, replace=False).astype(np.uint64)
     cols = np.arange(dim, dtype=np.uint64)
     bits = rows[:, None] & cols[None, :]
@@ -487,7 +501,10 @@ class UserCanaryAudit:
                 np.zeros((1, d_bg + d_c))
             rows[:n_bg, :d_bg] = background
             rows[n_bg:n_bg + n_active, d_bg:] = self.canary_norm * directions[active]
-            released += self.mechanism(rows, mech_rng)
+            try:
+                released += self.mechanism(rows, mech_rng)
+            except (InsufficientNoiseError, NothingToRelease):
+                continue  # the mechanism refused to release this round: nothing is seen
         scores = directions @ released[d_bg:]
         return evaluate_canaries(
             scores, included, kind="user-level canary clients",
@@ -608,7 +625,8 @@ class InteractionCanaryAudit:
 
 __all__ = [
     "BROKEN_MECHANISMS", "DEFAULT_BETA", "CanaryResult", "DenominatorCountsUsers",
-    "PlantedBug", "ProductionRelease", "ScaleAudit", "production_mechanism", "scale_audit",
+    "PlantedBug", "ProductionRelease", "ScaleAudit", "canary_dim", "production_mechanism",
+    "scale_audit",
     "InteractionCanaryAudit", "Mechanism", "NoClipping", "NoNoise", "NoiseOverClients",
     "UserCanaryAudit", "audit_delta", "canary_directions", "clopper_pearson_epsilon",
     "evaluate_canaries",
@@ -653,7 +671,9 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
     else:
         background = _background(ctx, background_clients, background_dim)
         c = claim.clipping_norm or 1.0
-        production = production_mechanism(cfg, plan)
+        rows, width = background.shape
+        production = production_mechanism(cfg, plan, dim=width + canary_dim(canaries),
+                                          max_clients=rows + canaries)
         chosen = production if mechanism is None else mechanism
         release = ProductionRelease(chosen, pool_size=ctx.split.n_users - len(ctx.public))
         if claim.claimed:
@@ -702,13 +722,38 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
     return attack, result
 
 
-def production_mechanism(cfg: Any, plan: Any) -> PrivMechanism:
-    """The mechanism the run executes, from its config and plan (the run's own factory)."""
+def production_mechanism(cfg: Any, plan: Any, *, dim: int = 0,
+                         max_clients: int = 0) -> PrivMechanism:
+    """The mechanism the run executes, from its config and plan (the run's own factory).
+
+    Distributed noise is bound to the capabilities of the protocol the config names, exactly
+    as the run binds it (:func:`ffm_private.privacy.run.bind_mechanism`): the discrete
+    Gaussian to the protocol's integer modulus, calibrated for vectors of ``dim`` values and
+    sums of up to ``max_clients`` shares (the audit's own vectors and rounds; the calibration
+    keeps the plan's zCDP bound whatever the length), the float Gaussian to its value range
+    and rounding bound.
+    """
     if plan is None:
         return NULL_MECHANISM
-    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.privacy.config import resolved_privacy
 
-    return PrivacyConfig.from_dict(cfg.privacy).mechanism(plan)
+    pc = resolved_privacy(cfg)
+    if not (plan.mode == "user" and plan.noise_placement == "distributed"):
+        return pc.mechanism(plan)
+    from ffm_private.privacy.config import _probe_protocol
+    from ffm_private.privacy.errors import UnsupportedClaimError
+    from ffm_private.privacy.run import bind_mechanism
+
+    if dim < 1 or max_clients < 1:
+        raise UnsupportedClaimError("a distributed-noise mechanism is bound to the vector "
+                                    "length and the largest round: give dim and max_clients")
+    protocol = _probe_protocol(cfg.protocol.name, cfg.protocol.options)
+    return bind_mechanism(pc, plan, protocol, dim, max_clients=max_clients)
+
+
+def canary_dim(canaries: int) -> int:
+    """Length of the canary directions of :func:`canary_directions` for ``canaries``."""
+    return 1 << max(1, int(canaries - 1).bit_length())
 
 
 def scale_audit(release: ProductionRelease, plan: Any, *, dim: int, canaries: int,
@@ -728,7 +773,7 @@ def _plan(cfg: Any, run_dir: Any = None) -> Any:
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return None
-    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.privacy.config import resolved_privacy
 
     saved = None if run_dir is None else Path(run_dir) / "privacy" / "plan.json"
     if saved is not None and saved.exists():
@@ -742,8 +787,8 @@ def _plan(cfg: Any, run_dir: Any = None) -> Any:
             pass
 
     try:
-        return PrivacyConfig.from_dict(raw).plan(rounds=cfg.federated.rounds,
-                                                 client_rate=cfg.federated.client_fraction)
+        return resolved_privacy(cfg).plan(rounds=cfg.federated.rounds,
+                                          client_rate=cfg.federated.client_fraction)
     except (ValueError, TypeError):
         return None
 

@@ -87,14 +87,14 @@ def claim_from_config(cfg: Config) -> Claim:
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return Claim()
-    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.privacy.config import PrivacyConfig, resolved_privacy
     from protocols.registry import protocol_class
 
     pc = PrivacyConfig.from_dict(raw)
     f = cfg.federated
     epsilon, sigma = (pc.target_epsilon or None), (pc.noise_multiplier or None)
-    try:
-        plan = pc.plan(rounds=f.rounds, client_rate=f.client_fraction)
+    try:  # ``auto`` accountant and distributed noise resolved as the run resolves them
+        plan = resolved_privacy(cfg).plan(rounds=f.rounds, client_rate=f.client_fraction)
         epsilon, sigma = plan.epsilon, plan.noise_multiplier
     except (config_mod.ConfigError, ValueError, TypeError):
         pass  # example-level plans need the client's DP-SGD figures: keep the target

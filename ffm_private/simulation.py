@@ -219,7 +219,7 @@ class Simulation:
             client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
             resume=resuming, train_sizes=[len(t) for t in self.split.train],
             local_cfg=self.local_cfg, has_personal=bool(params_of(probe, PERSONAL)),
-            public=self.public)
+            public=self.public, protocol_options=cfg.protocol.options)
         if self.privacy is not None and self.privacy.example_dp is not None:
             self.local_cfg = dataclasses.replace(self.local_cfg,
                                                  example_dp=self.privacy.example_dp)

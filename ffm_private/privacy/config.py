@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ffm_private.privacy.dpsgd import ExamplePlanInputs
 
 PRIVACY_MODES = ("none", "example", "user")
+AUTO = "auto"
+"""``accountant`` / ``distributed_noise``: chosen from the placement and the protocol's
+capabilities (:meth:`PrivacyConfig.for_protocol`)."""
+DISTRIBUTED_NOISES = ("gaussian", "discrete_gaussian")
 NOISE_PLACEMENTS = ("central", "distributed")
 DELTA_FACTOR = 10
 """delta must be at most ``1 / (DELTA_FACTOR * n)`` for ``n`` protected units."""
@@ -53,15 +57,19 @@ class PrivacyConfig:
                       "1/(number of protected units) unless allow_large_delta.")
     clipping_norm: float = _f(1.0, "L2 norm C each client update (user) or per-example "
                               "gradient (example) is clipped to.")
-    accountant: str = _f("prv", "prv (tight, default) or rdp (conservative cross-check); "
-                         "gdp is refused for claims.")
+    accountant: str = _f(AUTO, "auto (default: prv for central noise, example mode and the "
+                         "float distributed Gaussian; rdp for the distributed discrete Gaussian, "
+                         "whose zCDP bound only RDP composes), prv (tight) or rdp "
+                         "(conservative); gdp is refused for claims.")
     noise_placement: str = _f("central", "user mode: central (trusted server adds the noise) "
                               "or distributed (each client adds its share before masking).")
-    distributed_noise: str = _f("gaussian", "distributed: gaussian (float shares through the "
-                                "protocol's fixed-point codec) or discrete_gaussian (integer "
-                                "shares summed exactly modulo the protocol's integer_modulus, "
-                                "Kairouz-Liu-Steinke 2021; needs accountant = 'rdp' and "
-                                "secagg or he with scheme bfv).")
+    distributed_noise: str = _f(AUTO, "distributed: auto (default: discrete_gaussian when the "
+                                "protocol has an exact integer path, i.e. declares an "
+                                "integer_modulus, as secagg and he with scheme bfv do; else "
+                                "gaussian), discrete_gaussian (integer shares summed exactly "
+                                "modulo the protocol's integer_modulus, Kairouz-Liu-Steinke "
+                                "2021; accounted with rdp) or gaussian (float shares through "
+                                "the protocol's fixed-point codec).")
     ddg_gamma: float = _f(0.0, "discrete_gaussian: grid step of the integer shares (0: the "
                           "finest step whose sums of all clients' shares fit in the modulus, "
                           "true values plus 8 std of the summed noise; see docs/privacy.md).")
@@ -148,9 +156,9 @@ class PrivacyConfig:
         if self.accountant == "gdp":
             raise ConfigError("privacy.accountant = 'gdp' is refused for claims (a central-limit "
                               "approximation that can under-state epsilon); use prv or rdp")
-        if self.accountant not in ACCOUNTANTS:
+        if self.accountant != AUTO and self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"privacy.accountant = {self.accountant!r} is not one of "
-                              f"{list(ACCOUNTANTS)}")
+                              f"{[AUTO, *ACCOUNTANTS]}")
         if self.noise_placement not in NOISE_PLACEMENTS:
             raise ConfigError(f"privacy.noise_placement = {self.noise_placement!r} is not one "
                               f"of {list(NOISE_PLACEMENTS)}")
@@ -197,23 +205,81 @@ class PrivacyConfig:
         return self
 
     def _validate_distributed_noise(self, distributed: bool) -> None:
-        if self.distributed_noise not in ("gaussian", "discrete_gaussian"):
+        if self.distributed_noise not in (AUTO, *DISTRIBUTED_NOISES):
             raise ConfigError(f"privacy.distributed_noise = {self.distributed_noise!r} is not "
-                              "one of ['gaussian', 'discrete_gaussian']")
+                              f"one of {[AUTO, *DISTRIBUTED_NOISES]}")
         _num("privacy.ddg_gamma", self.ddg_gamma, allow_zero=True)
-        if self.distributed_noise == "gaussian":
-            if self.ddg_gamma:
-                raise ConfigError("privacy.ddg_gamma applies to distributed_noise = "
-                                  "'discrete_gaussian'")
-            return
-        if not distributed:
+        if self.distributed_noise == "gaussian" and self.ddg_gamma:
+            raise ConfigError("privacy.ddg_gamma applies to distributed_noise = "
+                              "'discrete_gaussian'")
+        if self.distributed_noise == "discrete_gaussian" and not distributed:
             raise ConfigError("privacy.distributed_noise = 'discrete_gaussian' applies to "
                               "mode = 'user' with noise_placement = 'distributed'")
-        if self.accountant != "rdp":
+        if self.ddg_gamma and not distributed:
+            raise ConfigError("privacy.ddg_gamma applies to mode = 'user' with noise_placement "
+                              "= 'distributed' (the discrete Gaussian's grid step)")
+        if self.distributed_noise == "discrete_gaussian" and self.accountant == "prv":
+            raise ConfigError(_PRV_REFUSED.format(what="the distributed discrete Gaussian"))
+
+    # -- resolution against the protocol --------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        """User-level DP with each client adding its share of the noise."""
+        return self.mode == "user" and self.noise_placement == "distributed"
+
+    @property
+    def resolved(self) -> bool:
+        """Whether ``accountant`` and ``distributed_noise`` are concrete (not ``auto``)."""
+        return AUTO not in (self.accountant, self.distributed_noise)
+
+    def for_protocol(self, protocol: Any) -> PrivacyConfig:
+        """This config with ``auto`` resolved against ``protocol``'s declared capabilities.
+
+        ``distributed_noise = auto`` becomes ``discrete_gaussian`` when the protocol declares
+        an exact integer path (``integer_modulus``; never its name) under distributed
+        placement, else ``gaussian``; ``accountant = auto`` becomes ``rdp`` for the discrete
+        Gaussian and ``prv`` otherwise. ``protocol`` may be ``None`` when nothing depends on
+        it (central noise, example mode, explicit choices). An explicit ``discrete_gaussian``
+        with a protocol without the integer path, and an explicit ``prv`` with the discrete
+        Gaussian, are refused with the reason.
+        """
+        if not self.enabled:
+            return self
+        noise = self.distributed_noise
+        integer = None if protocol is None else getattr(protocol, "integer_modulus", None)
+        name = getattr(protocol, "name", repr(protocol))
+        if not self.distributed:
+            noise = "gaussian"
+        elif noise == AUTO:
+            if protocol is None:
+                raise ConfigError("privacy.distributed_noise = 'auto' depends on the protocol's "
+                                  "capabilities: resolve it with PrivacyConfig.for_protocol")
+            noise = "discrete_gaussian" if integer is not None else "gaussian"
+        elif noise == "discrete_gaussian" and protocol is not None and integer is None:
+            raise UnsupportedClaimError(
+                f"privacy.distributed_noise = 'discrete_gaussian' with protocol {name!r}: it "
+                "has no exact integer path (integer_modulus); use secagg, or he with scheme "
+                "bfv, or distributed_noise = 'gaussian'")
+        if noise == "gaussian" and self.ddg_gamma:
+            raise ConfigError(f"privacy.ddg_gamma applies to the discrete Gaussian, but the "
+                              f"distributed noise with protocol {name!r} is the float Gaussian")
+        accountant = self.accountant
+        if accountant == AUTO:
+            accountant = "rdp" if noise == "discrete_gaussian" else "prv"
+        elif accountant == "prv" and noise == "discrete_gaussian":
             raise ConfigError(
-                f"privacy.accountant = {self.accountant!r} cannot account the distributed "
-                "discrete Gaussian: its guarantee is a zCDP bound, which only RDP composes "
-                "soundly (PRV would under-state epsilon); set privacy.accountant = 'rdp'")
+                _PRV_REFUSED.format(what=f"the distributed discrete Gaussian (the default "
+                                    f"distributed noise of protocol {name!r}, which has an "
+                                    "exact integer path)")
+                + "; or keep PRV with distributed_noise = 'gaussian' (float shares)")
+        return dataclasses.replace(self, distributed_noise=noise, accountant=accountant)
+
+    def for_protocol_config(self, name: str, options: Mapping[str, Any] | None = None
+                            ) -> PrivacyConfig:
+        """:meth:`for_protocol` for the protocol a run config names, built from its options
+        (only when the choice depends on it)."""
+        needs = self.enabled and self.distributed and self.distributed_noise != "gaussian"
+        return self.for_protocol(_probe_protocol(name, options) if needs else None)
 
     def _validate_example_sizing(self) -> None:
         r = self.reference_size
@@ -288,6 +354,11 @@ class PrivacyConfig:
         """The run's :class:`PrivacyPlan` (noise searched once from the target)."""
         if not self.enabled:
             raise ConfigError("privacy.mode = 'none' has no privacy plan")
+        if not self.resolved:
+            return self.for_protocol(None).plan(
+                rounds=rounds, client_rate=client_rate, local_steps=local_steps,
+                example_rate=example_rate, personal_steps=personal_steps,
+                personal_rate=personal_rate)
         kwargs: dict[str, Any] = dict(
             mode=self.mode, delta=self.delta, rounds=rounds, client_rate=client_rate,
             accountant=self.accountant, max_participations=self.max_participations)
@@ -379,6 +450,30 @@ class PrivacyConfig:
         return self.default_cap if self.default_cap > 0 else plan.epsilon
 
 
+_PRV_REFUSED = ("privacy.accountant = 'prv' cannot account {what}: its guarantee is a zCDP "
+                "bound, which only RDP composes soundly (PRV would under-state epsilon); set "
+                "privacy.accountant = 'rdp' or 'auto'")
+
+
+def _probe_protocol(name: str, options: Mapping[str, Any] | None) -> Any:
+    """The protocol a config names, built only to read its declared capabilities."""
+    from protocols import registry
+
+    try:
+        return registry.create(name, dict(options or {}))
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ConfigError(f"[protocol] {err}") from err
+
+
+def resolved_privacy(cfg: Any) -> PrivacyConfig:
+    """The ``[privacy]`` table of a run config, with ``auto`` resolved against its protocol.
+
+    What the run, ``ffm-private budget --config`` and the audit all plan from.
+    """
+    raw = PrivacyConfig.from_dict(cfg.privacy)
+    return raw.for_protocol_config(cfg.protocol.name, cfg.protocol.options)
+
+
 def _num(key: str, value: float, allow_zero: bool = False) -> None:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} = {value!r} must be a finite number "
@@ -414,5 +509,6 @@ def describe_privacy_fields() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_REFERENCE_SIZE", "DELTA_FACTOR", "NOISE_PLACEMENTS", "PRIVACY_MODES",
-           "PrivacyConfig", "describe_privacy_fields"]
+__all__ = ["AUTO", "DEFAULT_REFERENCE_SIZE", "DELTA_FACTOR", "DISTRIBUTED_NOISES",
+           "NOISE_PLACEMENTS", "PRIVACY_MODES", "PrivacyConfig", "describe_privacy_fields",
+           "resolved_privacy"]

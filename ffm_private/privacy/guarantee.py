@@ -134,7 +134,10 @@ def guarantee_statement(plan: PrivacyPlan | None, *, clipping_norm: float | None
                     "the modulus wraps around: a loss of accuracy, not of privacy).")
         else:
             tail = ("the accounting treats the noise as continuous Gaussian (the protocol's "
-                    "fixed-point rounding is absorbed by clipping below C by its error bound).")
+                    "fixed-point rounding is absorbed by clipping below C by its error bound, "
+                    "and the float noise's floating-point effects are not accounted).")
+        tail += (" Clients send nothing beside their noisy shares: no count of clipped "
+                 "coordinates, no example count and no losses reach the server.")
         parts.append(
             f"Each client draws its noise share from its own secret. Nobody beyond the "
             f"{protocol} protocol needs to be trusted, as long as at least {min_survivors} "

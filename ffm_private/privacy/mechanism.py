@@ -6,8 +6,8 @@ server does to the protocol's sum before the step is released
 (:meth:`Mechanism.server_transform`: add central noise, divide by a *public* constant). It also
 says which accounting events one charge adds (:meth:`Mechanism.events`) and what it claims.
 
-Each transform is composed of small steps (``clip``, ``client_noise``, ``server_noise``,
-``divisor``). The planted-bug variants of the empirical audit (:mod:`attacks.canaries`) wrap a
+Each transform is composed of small steps (``clip``, ``client_noise``, ``decode``,
+``server_noise``, ``divisor``). The planted-bug variants of the empirical audit (:mod:`attacks.canaries`) wrap a
 production mechanism and override exactly one step, so the audit tests the code the run
 executes, not a copy of it.
 
@@ -16,9 +16,12 @@ the server) and the size of the pool of eligible users. The pool size is a stati
 private data: a correct mechanism never uses it (the ``denominator-counts-users`` planted bug
 does, and the audit must catch it).
 
-Randomness: every ``rng`` argument is a generator with numpy's ``normal(loc, scale, size)``;
-production passes the client's (or server's) own secret stream (see
-:mod:`ffm_private.privacy.client_secrets`).
+Randomness: every ``rng`` argument is a generator with numpy's ``normal(loc, scale, size)``
+and ``random(size)``; production passes the client's (or server's) own secret stream (see
+:mod:`ffm_private.privacy.client_secrets`). A generator may carry a ``noise_factor`` that
+scales the discrete Gaussian's std: the audit's planted bugs use it to scale or remove the
+integer noise, as they scale ``normal`` draws for the float mechanisms; production generators
+have none (factor 1).
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class Mechanism:
     def check_release(self, ctx: ReleaseContext) -> None:
         """Refuse to release (raise) when the sum would carry less noise than planned."""
 
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """The protocol's sum in original units (float paths: as it is)."""
+        return total
+
     def server_noise(self, total: np.ndarray, rng: Any) -> np.ndarray:
         return total
 
@@ -111,6 +118,7 @@ class Mechanism:
             total = np.zeros(ctx.dim, dtype=np.float64)
         else:
             self.check_release(ctx)
+            total = self.decode(np.asarray(total, dtype=np.float64))
         return self.server_noise(np.asarray(total, dtype=np.float64), rng) / self.divisor(ctx)
 
     # -- accounting and claim ------------------------------------------------------------------
@@ -359,8 +367,9 @@ class DistributedDiscreteGaussian(Mechanism):
                              f"for {self.dim}")
         rounded = ddg.conditional_rounding(update, self.clipping_norm, self.gamma, rng,
                                            self.beta)
-        s = self.local_sigma / self.gamma
-        noise = ddg.sample_discrete_gaussian(Fraction(s) ** 2, rounded.size, rng)
+        s = self.local_sigma / self.gamma * float(getattr(rng, "noise_factor", 1.0))
+        noise = (ddg.sample_discrete_gaussian(Fraction(s) ** 2, rounded.size, rng) if s > 0
+                 else np.zeros(rounded.size, dtype=np.int64))
         return np.mod(rounded + noise, self.modulus).astype(np.int64)
 
     def check_release(self, ctx: ReleaseContext) -> None:
@@ -371,13 +380,6 @@ class DistributedDiscreteGaussian(Mechanism):
         self._check_bound()
         r = np.mod(np.asarray(total, dtype=np.float64).astype(np.int64), self.modulus)
         return np.where(r >= (self.modulus + 1) // 2, r - self.modulus, r) * self.gamma
-
-    def server_transform(self, total: np.ndarray | None, ctx: ReleaseContext,
-                         rng: Any) -> np.ndarray:
-        if total is None or ctx.contributors == 0:
-            raise NothingToRelease("no client took part")
-        self.check_release(ctx)
-        return self.decode(total) / self.divisor(ctx)
 
     @property
     def rho(self) -> float:

@@ -406,6 +406,8 @@ examples:
   ffm-private budget --mode example --epsilon 8 --rounds 30 --client-rate 1 \\
       --local-steps 20 --example-rate 0.05 --personal-steps 20 --personal-rate 0.05
   ffm-private budget --placement distributed --epsilon 4 --rounds 50 --max-participations 10
+  ffm-private budget --placement distributed --distributed-noise discrete_gaussian \
+      --epsilon 4 --rounds 50 --max-participations 10
 """
 
 _MECHANISM_FLAGS = {"mode": "--mode", "delta": "--delta", "rounds": "--rounds",
@@ -413,10 +415,12 @@ _MECHANISM_FLAGS = {"mode": "--mode", "delta": "--delta", "rounds": "--rounds",
                     "placement": "--placement", "local_steps": "--local-steps",
                     "example_rate": "--example-rate", "personal_steps": "--personal-steps",
                     "personal_rate": "--personal-rate",
-                    "max_participations": "--max-participations"}
-_FLAG_DEFAULTS = {"mode": "user", "delta": 1e-5, "client_rate": 1.0, "accountant": "prv",
+                    "max_participations": "--max-participations",
+                    "distributed_noise": "--distributed-noise"}
+_FLAG_DEFAULTS = {"mode": "user", "delta": 1e-5, "client_rate": 1.0, "accountant": "auto",
                   "placement": "central", "local_steps": 0, "example_rate": 0.0,
-                  "personal_steps": 0, "personal_rate": 0.0, "max_participations": 0}
+                  "personal_steps": 0, "personal_rate": 0.0, "max_participations": 0,
+                  "distributed_noise": "gaussian"}
 
 
 def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -446,9 +450,16 @@ def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="federated rounds (required without --config)")
     p.add_argument("--client-rate", type=float, default=None,
                    help="Poisson client sampling rate q per round (default 1.0)")
-    p.add_argument("--accountant", default=None, help="prv (default, tight) or rdp")
+    p.add_argument("--accountant", default=None,
+                   help="auto (default: rdp for the discrete Gaussian, else prv), prv (tight) "
+                   "or rdp")
     p.add_argument("--placement", choices=PLACEMENTS, default=None,
                    help="user mode: central (trusted server) or distributed noise")
+    p.add_argument("--distributed-noise", choices=DISTRIBUTED_NOISES, default=None,
+                   help="distributed placement: gaussian (default here) or discrete_gaussian; "
+                   "a run over a protocol with an exact integer path (secagg, he with bfv) "
+                   "uses discrete_gaussian unless its config says otherwise: plan it with "
+                   "--config")
     p.add_argument("--local-steps", type=int, default=None,
                    help="example mode: DP-SGD steps on the shared parameters per participation")
     p.add_argument("--example-rate", type=float, default=None,
@@ -479,14 +490,15 @@ def config_plan(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     """The plan a run of this configuration makes, from the same function the run uses.
 
     Rounds and client rate come from ``[federated]``, DP-SGD sizing from the local training
-    settings and ``privacy.reference_size``; no data is read.
+    settings and ``privacy.reference_size``, ``auto`` accountant and distributed noise from the
+    capabilities of the ``[protocol]`` it names (as the run resolves them); no data is read.
     """
     from ffm_private import config as config_mod
-    from ffm_private.privacy.config import PrivacyConfig
+    from ffm_private.privacy.config import resolved_privacy
     from ffm_private.simulation import local_config
 
     cfg = config_mod.load(path, overrides)
-    privacy = PrivacyConfig.from_dict(cfg.privacy)
+    privacy = resolved_privacy(cfg)
     if not privacy.enabled:
         raise config_mod.ConfigError(f"{path}: privacy.mode = 'none' has no privacy plan")
     return privacy.run_plan(rounds=cfg.federated.rounds,
@@ -507,6 +519,8 @@ def _header(kw: Mapping[str, Any]) -> str:
             f"accountant={kw['accountant']}")
     if kw["mode"] == "user":
         head += f", {kw.get('noise_placement', 'central')} noise"
+        if kw.get("distributed_noise") == "discrete_gaussian":
+            head += " (distributed discrete Gaussian)"
     else:
         head += f", {kw['local_steps']} steps/participation at rate {kw['example_rate']:g}"
         if kw.get("personal_steps"):
@@ -520,11 +534,21 @@ def _flag_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise AccountingError("--rounds is required without --config")
     given = {k: getattr(args, k) for k in _MECHANISM_FLAGS}
     v = {k: (_FLAG_DEFAULTS.get(k) if val is None else val) for k, val in given.items()}
+    discrete = (v["mode"] == "user" and v["placement"] == "distributed"
+                and v["distributed_noise"] == "discrete_gaussian")
+    if given["distributed_noise"] is not None and not (
+            v["mode"] == "user" and v["placement"] == "distributed"):
+        raise AccountingError("--distributed-noise applies to --placement distributed")
+    accountant = v["accountant"]
+    if accountant == "auto":
+        accountant = "rdp" if discrete else "prv"
     kwargs: dict[str, Any] = dict(
         mode=v["mode"], delta=v["delta"], rounds=v["rounds"], client_rate=v["client_rate"],
-        accountant=v["accountant"], max_participations=v["max_participations"])
+        accountant=accountant, max_participations=v["max_participations"])
     if v["mode"] == "user":
         kwargs["noise_placement"] = v["placement"]
+        if discrete:
+            kwargs["distributed_noise"] = "discrete_gaussian"
     else:
         kwargs.update(local_steps=v["local_steps"], example_rate=v["example_rate"],
                       personal_steps=v["personal_steps"], personal_rate=v["personal_rate"])

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,8 @@ class RunPrivacy:
                  public: Sequence[int] = ()) -> None:
         self.cfg, self.plan, self.folder, self.caps = cfg, plan, folder, caps
         self.protocol = protocol
+        #: the configuration as written (``auto`` unresolved); ``cfg`` is the resolved one
+        self.requested: PrivacyConfig = cfg
         self.hides_updates: bool | None = None
         self.user_ids = list(user_ids)
         self.public = frozenset(int(u) for u in public)
@@ -103,18 +105,23 @@ class RunPrivacy:
     def prepare(cls, raw: dict[str, Any], run_dir: str | Path, *, user_ids: Sequence[Any],
                 rounds: int, client_fraction: float, protocol: str, resume: bool = False,
                 train_sizes: Sequence[int] = (), local_cfg: LocalTrainingConfig | None = None,
-                has_personal: bool = True, public: Sequence[int] = ()) -> RunPrivacy | None:
+                has_personal: bool = True, public: Sequence[int] = (),
+                protocol_options: Mapping[str, Any] | None = None) -> RunPrivacy | None:
         """The run's privacy, checked but not started; ``None`` for ``mode = "none"``.
 
         ``user_ids[c]`` is the dataset's id of client ``c``: the ledger and the per-user caps
         file speak in those ids. ``public`` lists the clients of the public pretraining split
         (not protected, never charged). A resumed run reloads its saved plan (no new noise
         search) and refuses one planned for other settings. Example-level DP sizes its
-        DP-SGD once from public configuration and ``local_cfg``.
+        DP-SGD once from public configuration and ``local_cfg``. ``accountant`` and
+        ``distributed_noise`` set to ``auto`` are resolved against the capabilities of the
+        protocol ``protocol`` built from ``protocol_options`` (:meth:`bind_protocol` checks the
+        protocol the run actually uses against that choice).
         """
-        cfg = PrivacyConfig.from_dict(raw)
-        if not cfg.enabled:
+        requested = PrivacyConfig.from_dict(raw)
+        if not requested.enabled:
             return None
+        cfg = requested.for_protocol_config(protocol, protocol_options)
         user_ids = [str(u) for u in user_ids]
         public = sorted(set(int(u) for u in public))
         protected = [c for c in range(len(user_ids)) if c not in set(public)]
@@ -140,6 +147,7 @@ class RunPrivacy:
                 else cfg.plan(**inputs))
         out = cls(cfg, plan, folder=folder, caps=caps, protocol=protocol, user_ids=user_ids,
                   public=public)
+        out.requested = requested
         out.example_dp = (None if example is None else ExampleDP.from_plan(
             plan, clipping_norm=cfg.clipping_norm,
             expected_batch_size=example.expected_batch_size))
@@ -161,25 +169,17 @@ class RunPrivacy:
                     f"distributed noise with protocol {protocol.name!r}: the protocol does not "
                     "hide individual updates behind a threshold, so each update would be seen "
                     "with only its share of the noise; use secagg or he, or central noise")
-            if self.plan.distributed_noise == "discrete_gaussian":  # integer path: no clamp
-                self.mechanism = _bind_discrete(self, protocol, dim)
-                self.statement()
-                return self
-            c = self.cfg.clipping_norm
-            std = distributed_noise_std(self.plan.noise_multiplier, c, self.cfg.min_survivors)
-            value_range = getattr(protocol, "value_range", None)
-            if value_range is not None and value_range < c + NOISE_RANGE_SIGMAS * std:
-                raise ConfigError(
-                    f"protocol.options.clip = {value_range:g} is too small for distributed "
-                    f"noise: a coordinate carries up to C + {NOISE_RANGE_SIGMAS:g} std = "
-                    f"{c + NOISE_RANGE_SIGMAS * std:.4g}; larger values would be clamped, "
-                    "which the accounting does not cover. Raise protocol.options.clip")
-            bound = getattr(protocol, "rounding_bound", None)
-            margin = float(bound(dim, len(self.user_ids))) if callable(bound) else 0.0
-            if margin >= c:
-                raise ConfigError(f"the protocol's rounding error bound {margin:.3g} is not "
-                                  f"below privacy.clipping_norm = {c:g}")
-            self.mechanism = self.cfg.mechanism(self.plan, rounding_margin=margin)
+            chosen = self.requested.for_protocol(protocol)
+            if (chosen.accountant, chosen.distributed_noise) != (self.cfg.accountant,
+                                                                 self.cfg.distributed_noise):
+                raise UnsupportedClaimError(
+                    f"the plan was made for accountant = {self.cfg.accountant!r} and "
+                    f"distributed_noise = {self.cfg.distributed_noise!r}, but protocol "
+                    f"{protocol.name!r} as built calls for {chosen.accountant!r} and "
+                    f"{chosen.distributed_noise!r}: plan with the protocol's options "
+                    "(RunPrivacy.prepare(protocol_options=...))")
+            self.mechanism = bind_mechanism(self.cfg, self.plan, protocol, dim,
+                                            max_clients=len(self.user_ids))
         self.statement()  # refuse, before any file is written, a claim that cannot be stated
         return self
 
@@ -358,19 +358,46 @@ class RunPrivacy:
         }
 
 
-def _bind_discrete(privacy: RunPrivacy, protocol: Any, dim: int) -> Mechanism:
-    """The distributed discrete Gaussian, calibrated to the protocol's exact integer path."""
-    modulus = getattr(protocol, "integer_modulus", None)
-    if modulus is None:
-        raise UnsupportedClaimError(
-            f"privacy.distributed_noise = 'discrete_gaussian' with protocol {protocol.name!r}: "
-            "it has no exact integer path (use secagg, or he with scheme bfv)")
-    cfg = privacy.cfg
-    try:
-        return cfg.mechanism(privacy.plan, integer_modulus=modulus, dim=dim,
-                             max_clients=len(privacy.user_ids))
-    except ValueError as err:
-        raise ConfigError(f"privacy.ddg_gamma / distributed_noise: {err}") from err
+def bind_mechanism(cfg: PrivacyConfig, plan: PrivacyPlan, protocol: Any, dim: int, *,
+                   max_clients: int) -> Mechanism:
+    """The production mechanism of ``plan`` bound to ``protocol``'s declared figures.
+
+    The one binding the run (:meth:`RunPrivacy.bind_protocol`) and the A6 audit share.
+    Distributed noise: the discrete Gaussian is calibrated to the protocol's exact integer
+    path (``integer_modulus``) for vectors of ``dim`` values and rounds of up to
+    ``max_clients``; the float Gaussian needs the protocol's value range to carry ``C`` plus
+    the noise without clamping, and clips below ``C`` by the protocol's rounding bound.
+    Central noise and example mode take nothing from the protocol.
+    """
+    if not (plan.mode == "user" and plan.noise_placement == "distributed"):
+        return cfg.mechanism(plan)
+    if plan.distributed_noise == "discrete_gaussian":  # integer path: no codec, no clamp
+        modulus = getattr(protocol, "integer_modulus", None)
+        if modulus is None:
+            raise UnsupportedClaimError(
+                f"privacy.distributed_noise = 'discrete_gaussian' with protocol "
+                f"{protocol.name!r}: it has no exact integer path (use secagg, or he with "
+                "scheme bfv)")
+        try:
+            return cfg.mechanism(plan, integer_modulus=modulus, dim=dim,
+                                 max_clients=max_clients)
+        except ValueError as err:
+            raise ConfigError(f"privacy.ddg_gamma / distributed_noise: {err}") from err
+    c = cfg.clipping_norm
+    std = distributed_noise_std(plan.noise_multiplier, c, cfg.min_survivors)
+    value_range = getattr(protocol, "value_range", None)
+    if value_range is not None and value_range < c + NOISE_RANGE_SIGMAS * std:
+        raise ConfigError(
+            f"protocol.options.clip = {value_range:g} is too small for distributed "
+            f"noise: a coordinate carries up to C + {NOISE_RANGE_SIGMAS:g} std = "
+            f"{c + NOISE_RANGE_SIGMAS * std:.4g}; larger values would be clamped, "
+            "which the accounting does not cover. Raise protocol.options.clip")
+    bound = getattr(protocol, "rounding_bound", None)
+    margin = float(bound(dim, max_clients)) if callable(bound) else 0.0
+    if margin >= c:
+        raise ConfigError(f"the protocol's rounding error bound {margin:.3g} is not "
+                          f"below privacy.clipping_norm = {c:g}")
+    return cfg.mechanism(plan, rounding_margin=margin)
 
 
 def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> PrivacyPlan:
@@ -388,4 +415,4 @@ def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> Priva
     return saved
 
 
-__all__ = ["PRIVACY_DIR", "RunPrivacy", "Selection", "update_digest"]
+__all__ = ["PRIVACY_DIR", "RunPrivacy", "Selection", "bind_mechanism", "update_digest"]

@@ -131,3 +131,82 @@ def test_interaction_canaries_catch_training_without_dp(fedmf_context):
     assert result.canaries == 400
     assert result.clopper_pearson["epsilon"] == 0.0  # canaries share clients: not independent
     assert result.exceeds_claim and attack.verdict.failed
+
+
+# -- the distributed discrete Gaussian, as the run binds it ------------------------------------
+DDG_SURVIVORS, DDG_CANARIES, DDG_BG = 120, 250, (10, 16)
+DDG_SIGMA = 5.2  # epsilon <= 1 after one round at the audit delta (RDP; asserted below)
+
+
+@pytest.fixture(scope="module")
+def ddg_production():
+    """A secagg config with distributed noise and no explicit noise kind: the default is the
+    discrete Gaussian. The audit's mechanism comes from ``production_mechanism`` (the run's
+    binding to the protocol's integer modulus), sized for the audit's vectors and rounds."""
+    from attacks.canaries import canary_dim, production_mechanism
+    from ffm_private.config import Config
+    from ffm_private.privacy.config import resolved_privacy
+
+    delta = audit_delta(1e-5, DDG_CANARIES, BETA)
+    sigma = DDG_SIGMA
+    cfg = Config(run_dir="unused").replace(**{
+        "protocol.name": "secagg", "protocol.options": {"min_clients": DDG_SURVIVORS},
+        "privacy": {"mode": "user", "noise_multiplier": sigma, "clipping_norm": 1.0,
+                    "noise_placement": "distributed", "min_survivors": DDG_SURVIVORS}})
+    plan = resolved_privacy(cfg).plan(rounds=1, client_rate=1.0)
+    assert plan.distributed_noise == "discrete_gaussian" and plan.accountant == "rdp"
+    from ffm_private.privacy.accounting import epsilon_for_events
+
+    claimed = epsilon_for_events(plan.events_after(1), delta, plan.accountant)
+    assert claimed <= CLAIM
+    mech = production_mechanism(cfg, plan, dim=DDG_BG[1] + canary_dim(DDG_CANARIES),
+                                max_clients=DDG_BG[0] + DDG_CANARIES)
+    return mech, claimed, delta
+
+
+def _ddg_audit(mechanism, claimed, delta, seed):
+    rng = np.random.default_rng(seed)
+    background = 0.3 * rng.standard_normal(DDG_BG) + rng.standard_normal(DDG_BG[1])
+    return UserCanaryAudit(ProductionRelease(mechanism), claimed, delta, canaries=DDG_CANARIES,
+                           canary_norm=10.0, participations=1, background=background,
+                           beta=BETA, seed=seed).run()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a6_audits_the_production_discrete_gaussian(ddg_production, seed):
+    """What the adversary recovers from the released sums: with the production integer
+    shares, nothing beyond the claim; with the noise off or divided by the number of clients,
+    the canaries' membership (bound above the claim)."""
+    from ffm_private.privacy.mechanism import DistributedDiscreteGaussian
+
+    mech, claimed, delta = ddg_production
+    assert isinstance(mech, DistributedDiscreteGaussian) and mech.modulus == 2**32
+    ok = _ddg_audit(mech, claimed, delta, seed=seed)
+    assert ok.lower_bound <= claimed and not ok.exceeds_claim, ok.to_dict()
+    for bug in ("noise-off", "noise-over-n"):
+        bad = _ddg_audit(BROKEN_MECHANISMS[bug](mech), claimed, delta, seed=seed)
+        assert bad.exceeds_claim and bad.lower_bound > claimed + 0.2, (bug, bad.to_dict())
+
+
+def test_noise_off_on_the_discrete_gaussian_releases_the_exact_mean(ddg_production):
+    """Fast: what the adversary recovers when the planted bug removes the integer noise is
+    the clipped canaries' mean to within the grid step; the production shares hide it."""
+    mech, _, _ = ddg_production
+    rows = np.zeros((DDG_SURVIVORS, mech.dim))
+    rows[0, 0] = 10.0  # one canary, clipped to 1.0
+    leaked = ProductionRelease(BROKEN_MECHANISMS["noise-off"](mech))(rows,
+                                                                    np.random.default_rng(0))
+    assert abs(leaked[0] * DDG_SURVIVORS - 1.0) < 1e-3
+    assert np.abs(leaked[1:]).max() * DDG_SURVIVORS < 1e-3
+    hidden = ProductionRelease(mech)(rows, np.random.default_rng(0))
+    assert np.std(hidden * DDG_SURVIVORS) > 1.0  # noise of std ~ sigma C, far above 1.0
+
+
+def test_skipping_the_clip_is_refused_by_the_discrete_mechanism_itself(ddg_production):
+    """The conditional rounding checks the norm in exact arithmetic: an unclipped update
+    cannot reach the integer path, so the planted bug never releases anything."""
+    mech, _, _ = ddg_production
+    broken = BROKEN_MECHANISMS["no-clipping"](mech)
+    with pytest.raises(ValueError, match="clip it first"):
+        broken.client_transform(np.full(mech.dim, 10.0), np.random.default_rng(0))

@@ -83,3 +83,33 @@ def test_secagg_run_logs_only_sums_and_defeats_per_user_attacks(audit_data_dir, 
     assert run_item_inference(ctx, "server", bootstrap_rounds=20).verdict.level != LEAK
     link = run_linkage(ctx, "server", bootstrap_rounds=20)
     assert link.estimate.value == pytest.approx(link.reference)
+
+
+@pytest.mark.slow
+def test_a6_audits_a_discrete_gaussian_run(audit_data_dir, tmp_path):
+    """Distributed noise over secagg: the discrete Gaussian by default. A6 builds the run's
+    own mechanism (bound to the protocol's modulus) and passes it; with the noise off, FAIL."""
+    from attacks.canaries import _background, canary_dim
+    from ffm_private.privacy.mechanism import DistributedDiscreteGaussian
+    from ffm_private.simulation import run_training
+
+    cfg = fedmf_config(audit_data_dir, tmp_path / "run", **{
+        "protocol.name": "secagg", "federated.client_fraction": 0.2,
+        "privacy": {"mode": "user", "target_epsilon": 1.0, "delta": 1e-5,
+                    "clipping_norm": CLIP, "noise_placement": "distributed",
+                    "min_survivors": 10}})
+    run_training(cfg, progress=False)
+    ctx = AuditContext.from_run(cfg.run_dir, seed=0)
+    plan = _plan(ctx.cfg, ctx.run_dir)
+    assert plan.distributed_noise == "discrete_gaussian" and plan.accountant == "rdp"
+    small = dict(canaries=250, background_clients=10, background_dim=16)
+    attack, result = run_canary_audit(ctx, **small)
+    assert attack.verdict.level == PASS, attack.verdict.text
+    assert result.lower_bound <= attack.metrics["claimed_epsilon_at_audit_delta"]
+    rows, width = _background(ctx, 10, 16).shape  # the audit's own vectors and round size
+    production = production_mechanism(ctx.cfg, plan, dim=width + canary_dim(250),
+                                      max_clients=rows + 250)
+    assert isinstance(production, DistributedDiscreteGaussian)
+    attack, _ = run_canary_audit(ctx, mechanism=BROKEN_MECHANISMS["noise-off"](production),
+                                 **small)
+    assert attack.verdict.level == FAIL, attack.verdict.text

@@ -13,6 +13,8 @@ from ffm_private.privacy.planner import PrivacyPlan, add_budget_command, config_
 from ffm_private.simulation import Simulation
 
 EXAMPLE = {"mode": "example", "target_epsilon": 8.0, "clipping_norm": 0.1, "noise_seed": 5}
+DISTRIBUTED = {"mode": "user", "target_epsilon": 4.0, "noise_seed": 3, "clipping_norm": 0.5,
+               "noise_placement": "distributed", "min_survivors": 10}
 CASES = {
     # FFM with personal parameters: the personal DP-SGD phase is part of the plan
     "example-ffm": {"federated.batch_size": 16, "federated.client_fraction": 0.5,
@@ -26,6 +28,19 @@ CASES = {
     "user-noise": {"federated.client_fraction": 0.3,
                    "privacy": {"mode": "user", "noise_multiplier": 1.3, "noise_seed": 3,
                                "expected_clients_per_round": 24.0}},
+    # distributed noise over a protocol with an exact integer path: the discrete Gaussian and
+    # the RDP accountant by default, read from the protocol's capabilities
+    "user-distributed-secagg": {"federated.client_fraction": 0.5, "protocol.name": "secagg",
+                                "privacy": DISTRIBUTED},
+    "user-distributed-float": {"federated.client_fraction": 0.5, "protocol.name": "secagg",
+                               "protocol.options": {"clip": 8.0},
+                               "privacy": {**DISTRIBUTED, "distributed_noise": "gaussian"}},
+}
+DEFAULTS = {  # case -> (distributed_noise, accountant) every planner must agree on
+    "user-central": ("gaussian", "rdp"), "user-noise": ("gaussian", "prv"),
+    "example-ffm": ("gaussian", "prv"),
+    "user-distributed-secagg": ("discrete_gaussian", "rdp"),
+    "user-distributed-float": ("gaussian", "prv"),
 }
 
 
@@ -34,10 +49,12 @@ def _write(cfg: config_mod.Config, path: Path) -> Path:
     return path
 
 
-def _run_plan(cfg: config_mod.Config) -> dict:
+def _run_plan(cfg: config_mod.Config, statements: list | None = None) -> dict:
     """The plan the run itself writes to ``<run>/privacy/plan.json``."""
     sim = Simulation(cfg, progress=False)
     try:
+        if statements is not None and sim.privacy is not None:
+            statements.append(sim.privacy.statement())
         return json.loads((Path(cfg.run_dir) / "privacy" / "plan.json").read_text())
     finally:
         if sim.privacy is not None:
@@ -49,9 +66,16 @@ def test_budget_config_plan_is_the_runs_plan(case, tiny_config, tmp_path, capsys
     cfg = tiny_config.replace(**CASES[case])
     path = _write(cfg, tmp_path / "run.toml")
     ours = config_plan(path)
-    run = _run_plan(cfg)
+    statements: list[str] = []
+    run = _run_plan(cfg, statements)
     assert ours.to_dict() == run
     assert PrivacyPlan.from_dict(run).epsilon == ours.epsilon
+    if case in DEFAULTS:
+        assert (run["distributed_noise"], run["accountant"]) == DEFAULTS[case]
+        (text,) = statements
+        assert f"epsilon = {run['epsilon']:.3f}" in text
+        assert f"({run['accountant'].upper()} accountant" in text
+        assert ("discrete Gaussian" in text) == (run["distributed_noise"] != "gaussian")
     # The command prints that plan's noise multiplier and epsilon.
     parser = argparse.ArgumentParser()
     add_budget_command(parser.add_subparsers())
@@ -86,3 +110,34 @@ def test_budget_refuses_mechanism_flags_beside_a_config(tiny_config, tmp_path, c
     args = parser.parse_args(["budget", "--noise", "1.0"])
     assert args.func(args) == 2
     assert "--rounds is required" in capsys.readouterr().err
+
+
+def test_prv_with_the_default_discrete_gaussian_is_refused_everywhere(tiny_config, tmp_path,
+                                                                      capsys):
+    """An explicit PRV accountant with distributed noise over secagg (discrete Gaussian by
+    default) is refused, with the reason, by the run and by ``budget --config`` alike."""
+    cfg = tiny_config.replace(**{"protocol.name": "secagg",
+                                 "privacy": {**DISTRIBUTED, "accountant": "prv"}})
+    path = _write(cfg, tmp_path / "run.toml")
+    with pytest.raises(config_mod.ConfigError, match="only RDP composes soundly"):
+        Simulation(cfg, progress=False)
+    parser = argparse.ArgumentParser()
+    add_budget_command(parser.add_subparsers())
+    args = parser.parse_args(["budget", "--config", str(path), "--points", "1"])
+    assert args.func(args) == 2
+    assert "distributed_noise = 'gaussian'" in capsys.readouterr().err
+
+
+def test_budget_flags_plan_the_discrete_gaussian_with_rdp(capsys):
+    parser = argparse.ArgumentParser()
+    add_budget_command(parser.add_subparsers())
+    args = parser.parse_args(["budget", "--placement", "distributed", "--distributed-noise",
+                              "discrete_gaussian", "--noise", "1.0", "--rounds", "5",
+                              "--points", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "accountant=rdp" in out and "discrete Gaussian" in out
+    args = parser.parse_args(["budget", "--distributed-noise", "discrete_gaussian",
+                              "--noise", "1.0", "--rounds", "5"])
+    assert args.func(args) == 2
+    assert "--placement distributed" in capsys.readouterr().err

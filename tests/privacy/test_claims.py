@@ -21,6 +21,8 @@ CENTRAL = {"mode": "user", "target_epsilon": 2.0, "clipping_norm": 1.0,
            "expected_clients_per_round": 50.0}
 DISTRIBUTED = {"mode": "user", "target_epsilon": 2.0, "clipping_norm": 1.0,
                "noise_placement": "distributed", "min_survivors": 5}
+# the float Gaussian share (an explicit choice; secagg's default is the discrete Gaussian)
+DISTRIBUTED_FLOAT = {**DISTRIBUTED, "distributed_noise": "gaussian"}
 
 
 def _privacy(tmp_path, raw, *, users=500, protocol="plaintext", dim=64, rounds=10,
@@ -66,7 +68,7 @@ def test_server_side_secrets_cannot_regenerate_a_clients_noise_share(tmp_path):
     """Adversary: the operator of the server, holding every server-side file (the server's
     secret, plan, ledger), tries to regenerate client 7's distributed noise share and subtract
     it from what client 7 sent, to recover the clipped update."""
-    privacy = _privacy(tmp_path, DISTRIBUTED, protocol="secagg", dim=20_000)
+    privacy = _privacy(tmp_path, DISTRIBUTED_FLOAT, protocol="secagg", dim=20_000)
     update = np.zeros(20_000)
     update[:4] = 0.5  # the secret the adversary wants: a sparse update of norm 1
     sent = privacy.release(1, 7, update)
@@ -194,7 +196,7 @@ def test_distributed_clip_leaves_room_for_the_protocols_rounding(tmp_path):
     from protocols.quantize import FixedPointCodec
 
     dim, users = 4096, 500
-    privacy = _privacy(tmp_path, {**DISTRIBUTED, "noise_seed": 0}, users=users,
+    privacy = _privacy(tmp_path, {**DISTRIBUTED_FLOAT, "noise_seed": 0}, users=users,
                        protocol="secagg", dim=dim)
     protocol = registry.create("secagg", {"clip": 1000.0})
     margin = protocol.rounding_bound(dim, users)
@@ -213,7 +215,7 @@ def test_distributed_clip_leaves_room_for_the_protocols_rounding(tmp_path):
 def test_protocol_clip_range_too_narrow_for_distributed_noise_is_refused(tmp_path):
     from ffm_private.config import ConfigError
 
-    privacy = RunPrivacy.prepare({**DISTRIBUTED, "noise_seed": 0}, tmp_path,
+    privacy = RunPrivacy.prepare({**DISTRIBUTED_FLOAT, "noise_seed": 0}, tmp_path,
                                  user_ids=range(500), rounds=10, client_fraction=0.1,
                                  protocol="secagg")
     with pytest.raises(ConfigError, match="protocol.options.clip"):

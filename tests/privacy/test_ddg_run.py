@@ -217,3 +217,65 @@ def test_a_gaussian_plan_is_not_resumed_as_a_discrete_one(tmp_path):
     with pytest.raises(UnsupportedClaimError, match="planned for other settings"):
         RunPrivacy.prepare(DDG, tmp_path, user_ids=range(40), rounds=5, client_fraction=0.5,
                            protocol="secagg", resume=True)
+
+
+# -- (d) the default: read from the protocol's capabilities -----------------------------------------
+DEFAULT_DISTRIBUTED = {"mode": "user", "target_epsilon": 4.0, "clipping_norm": 0.5,
+                       "noise_seed": 3, "noise_placement": "distributed", "min_survivors": 10}
+
+
+@pytest.mark.parametrize("name,options", [("secagg", {"min_clients": 10}),
+                                          ("he", {"min_clients": 10})])
+def test_distributed_noise_defaults_to_the_discrete_gaussian_on_integer_protocols(
+        tmp_path, name, options):
+    privacy = RunPrivacy.prepare(DEFAULT_DISTRIBUTED, tmp_path, user_ids=range(40), rounds=3,
+                                 client_fraction=0.5, protocol=name, protocol_options=options)
+    assert (privacy.plan.distributed_noise, privacy.plan.accountant) == ("discrete_gaussian",
+                                                                         "rdp")
+    privacy.bind_protocol(registry.create(name, options), 16)
+    assert isinstance(privacy.mechanism, DistributedDiscreteGaussian)
+    assert privacy.requested.accountant == "auto"  # as written; cfg holds the resolution
+
+
+def test_protocols_without_an_integer_path_keep_the_float_gaussian_or_refuse(tmp_path):
+    """Capabilities, not names: a protocol that hides updates but has no integer path gets
+    the float Gaussian (PRV); an explicit discrete Gaussian there is refused, and so is
+    distributed noise of either kind with plaintext or CKKS (they do not hide updates)."""
+    class FloatOnly:  # an extension protocol: hides updates, float sums only
+        name, reveals_individual_updates, supports_distributed_noise = "float-only", False, True
+        integer_modulus, value_range, min_clients = None, None, 10
+
+        def rounding_bound(self, length, max_clients):
+            return 0.0
+
+    cfg = ffm_privacy_config(DEFAULT_DISTRIBUTED)
+    assert cfg.for_protocol(FloatOnly()).distributed_noise == "gaussian"
+    assert cfg.for_protocol(FloatOnly()).accountant == "prv"
+    with pytest.raises(UnsupportedClaimError, match="no exact integer path"):
+        ffm_privacy_config({**DEFAULT_DISTRIBUTED,
+                            "distributed_noise": "discrete_gaussian"}).for_protocol(FloatOnly())
+    # planned for secagg's integer path, bound to a float-only protocol: refused, not mixed
+    privacy = RunPrivacy.prepare(DEFAULT_DISTRIBUTED, tmp_path, user_ids=range(40), rounds=3,
+                                 client_fraction=0.5, protocol="secagg")
+    with pytest.raises(UnsupportedClaimError, match="as built calls for 'prv' and 'gaussian'"):
+        privacy.bind_protocol(FloatOnly(), 16)
+    for name, options in [("plaintext", {}), ("he", {"scheme": "ckks",
+                                                     "ckks_key_risk_accepted": True})]:
+        privacy = RunPrivacy.prepare(DEFAULT_DISTRIBUTED, tmp_path / name, user_ids=range(40),
+                                     rounds=3, client_fraction=0.5, protocol=name,
+                                     protocol_options=options)
+        protocol = registry.create(name, options)  # plaintext sums integers too (mod 2^32)
+        assert privacy.plan.distributed_noise == ("gaussian" if protocol.integer_modulus is None
+                                                  else "discrete_gaussian")
+        with pytest.raises(UnsupportedClaimError, match="does not hide individual updates"):
+            privacy.bind_protocol(protocol, 16)
+    with pytest.raises(ConfigError, match="only RDP composes soundly"):
+        RunPrivacy.prepare({**DEFAULT_DISTRIBUTED, "accountant": "prv"}, tmp_path / "p",
+                           user_ids=range(40), rounds=3, client_fraction=0.5,
+                           protocol="secagg")
+
+
+def ffm_privacy_config(raw):
+    from ffm_private.privacy.config import PrivacyConfig
+
+    return PrivacyConfig.from_dict(raw)

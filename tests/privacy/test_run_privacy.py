@@ -151,8 +151,9 @@ def _privacy(tmp_path, protocol="secagg", dim=100, **raw) -> RunPrivacy:
 
 
 def test_release_clips_and_adds_the_distributed_share(tmp_path):
+    # the float Gaussian share (secagg's default is the discrete Gaussian: test_ddg_run.py)
     privacy = _privacy(tmp_path, noise_placement="distributed", min_survivors=25,
-                       clipping_norm=2.0, dim=40_000)
+                       clipping_norm=2.0, dim=40_000, distributed_noise="gaussian")
     clip = 2.0 - privacy.mechanism.rounding_margin  # room for the protocol's rounding
     assert 0 < privacy.mechanism.rounding_margin < 0.1  # clip 1000 over 500 clients: coarse
     big = np.full(40_000, 10.0)
@@ -173,7 +174,8 @@ def test_release_clips_and_adds_the_distributed_share(tmp_path):
 
 
 def test_distributed_average_refuses_too_few_noise_shares(tmp_path):
-    privacy = _privacy(tmp_path, noise_placement="distributed", min_survivors=5)
+    privacy = _privacy(tmp_path, noise_placement="distributed", min_survivors=5,
+                       distributed_noise="gaussian")
     with pytest.raises(InsufficientNoiseError):
         privacy.average(1, np.zeros(4), contributors=4, pool_size=500, dim=4)
     np.testing.assert_allclose(privacy.average(1, np.full(4, 10.0), 5, 500, 4), 2.0)
