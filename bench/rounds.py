@@ -6,6 +6,9 @@ interactions) and the default FFM model, in-process with the plaintext protocol.
 eligibility charges of every user in the durable ledger, clipping and noise.
 ``--privacy example`` runs example-level DP-SGD on every client (epsilon 8 over 100 rounds,
 clipping norm 0.1); ``--batch-size`` sets the local batch of every run, DP or not.
+``--busy N`` keeps N CPU-bound busy loops (separate processes) running during the
+measurement, to see how a round behaves when other jobs load the cores; ``--threads``
+sets ``federated.client_threads`` (0: torch's default).
 
     python bench/rounds.py --clients 100 943 --privacy none user example --repeats 3
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import statistics
@@ -34,6 +38,26 @@ PRIVACY = {
 }
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+def start_busy(n: int) -> list[multiprocessing.Process]:
+    """``n`` CPU-bound processes that run until terminated."""
+    procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def stop_busy(procs: list[multiprocessing.Process]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +67,10 @@ def main() -> None:
     parser.add_argument("--privacy", nargs="+", default=["none"], choices=sorted(PRIVACY))
     parser.add_argument("--batch-size", type=int, default=Config().federated.batch_size,
                         help="local batch size of every run (example-level DP: sets the rate)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="CPU-bound busy loops running during the measurement")
+    parser.add_argument("--threads", type=int, default=Config().federated.client_threads,
+                        help="federated.client_threads (0: torch's default)")
     args = parser.parse_args()
 
     from ffm_private.simulation import Simulation
@@ -54,14 +82,19 @@ def main() -> None:
                 "data.synthetic_preset": "ml100k", "data.path": f"{tmp}/data",
                 "federated.client_fraction": n / 943, "model.kind": args.model,
                 "federated.rounds": 100, "pretrain.epochs": 2, "privacy": PRIVACY[privacy],
-                "federated.batch_size": args.batch_size})
+                "federated.batch_size": args.batch_size,
+                "federated.client_threads": args.threads})
             sim = Simulation(cfg, progress=False)
             state = sim.initial_state()
             times = []
-            for r in range(1, args.repeats + 1):
-                start = time.perf_counter()
-                sim.run_round(state, r)
-                times.append(time.perf_counter() - start)
+            busy = start_busy(args.busy)
+            try:
+                for r in range(1, args.repeats + 1):
+                    start = time.perf_counter()
+                    sim.run_round(state, r)
+                    times.append(time.perf_counter() - start)
+            finally:
+                stop_busy(busy)
             start = time.perf_counter()
             sim.evaluate(state)
             eval_s = time.perf_counter() - start
@@ -72,8 +105,8 @@ def main() -> None:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "shared_params": sim.spec.size,
             })
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}, "
-          f"batch size {args.batch_size}")
+    print(f"torch {torch.__version__}, client threads {args.threads or torch.get_num_threads()}, "
+          f"model {args.model}, batch size {args.batch_size}, busy loops {args.busy}")
     print("| clients | privacy | round (s) | per client (ms) | full evaluation (s) | "
           "peak RSS (MB) | load |")
     print("|---|---|---|---|---|---|---|")

@@ -156,6 +156,10 @@ class FederatedConfig:
     server_lr: float = _f(1.0, "Server step on the mean shared update (1.0 is FedAvg).")
     eval_every: int = _f(1, "Evaluate every N rounds (and always after the last).")
     seed: int = _f(0, "Seed for every random choice of the run.")
+    client_threads: int = _f(1, "Torch intra-op threads while clients train (restored "
+                             "afterwards); 0 keeps torch's setting. One thread is fastest for "
+                             "tiny per-client tensors, and stays fast when other jobs load "
+                             "the cores (bench/README.md).")
 
     def validate(self) -> None:
         _range("federated.rounds", self.rounds, 1, 1_000_000)
@@ -168,6 +172,7 @@ class FederatedConfig:
         _range("federated.server_lr", self.server_lr, 0.0, None, open_low=True)
         _range("federated.eval_every", self.eval_every, 1, None)
         _range("federated.seed", self.seed, 0, MAX_INT)
+        _range("federated.client_threads", self.client_threads, 0, 1024)
 
 
 @dataclass(frozen=True)
