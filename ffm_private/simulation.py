@@ -40,6 +40,7 @@ from ffm_private.data import (
 )
 from ffm_private.data.synthetic import CONFIG_FILE as SYNTHETIC_SUMMARY
 from ffm_private.data.synthetic import PERSONALITY_FILE
+from ffm_private.engine.batched import train_batched
 from ffm_private.engine.threads import client_threads
 from ffm_private.errors import (
     CheckpointError,
@@ -589,11 +590,19 @@ class Simulation:
         updates, losses = {}, []
         bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
                    leave=False, unit="client")
+        trained = (train_batched(self.workspace, message, state.personal.get,
+                                 [self._client_data(cid) for cid in sampled], self.local_cfg,
+                                 f.seed, memory_budget_mb=f.memory_budget_mb)
+                   if f.engine == "batched" else None)
         for cid in bar:
-            generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
-            result = train_client(self.workspace, message, state.personal.get(cid),
-                                  self._client_data(cid), self.local_cfg, f.seed,
-                                  generator=generator)
+            if trained is not None:
+                result = trained.pop(cid)
+            else:
+                generator = (self.privacy.client_generator(round_id, cid) if self.privacy
+                             else None)
+                result = train_client(self.workspace, message, state.personal.get(cid),
+                                      self._client_data(cid), self.local_cfg, f.seed,
+                                      generator=generator)
             losses.append(result.metrics["shared_loss"])
             update = result.update
             if self.privacy is not None:
