@@ -231,8 +231,9 @@ def _phase(model: Recommender, frozen: Mapping[str, torch.Tensor], *,
                        {k: v[:active] for k, v in exp_avg_sq.items()}, step=s + 1, lr=lr)
         for i, value in enumerate(loss.tolist()):
             loss_sum[i] += value * len(idx[i])
-    means = [total / max(size * epochs, 1) if t else float("nan")
-             for total, size, t in zip(loss_sum, inputs.sizes, total_steps, strict=True)]
+    # as the loop: the mean over every trained row (0.0 for a client without rows)
+    means = [total / max(size * epochs, 1) for total, size in zip(loss_sum, inputs.sizes,
+                                                                    strict=True)]
     return trained, means
 
 
