@@ -53,20 +53,23 @@ class _Client:
     personal: dict[str, np.ndarray]
 
 
-def block_size(model: Recommender, cfg: LocalTrainingConfig, memory_budget_mb: int) -> int:
+def block_size(model: Recommender, cfg: LocalTrainingConfig, memory_budget_mb: int,
+               rows: int | None = None) -> int:
     """Clients per block so that the block's estimated working memory fits the budget.
 
-    Per client: every shared and personal parameter stacked ``_PARAM_COPIES`` times, plus a
-    full mini-batch's activations (history and candidate embeddings, forward and backward).
-    An estimate, not a bound: it sizes blocks, it does not cap the process.
+    Per client: every shared and personal parameter stacked ``_PARAM_COPIES`` times, plus
+    the activations of a mini-batch of ``rows`` rows (default: a full local batch; history
+    and candidate embeddings, forward and backward). An estimate, not a bound: it sizes
+    blocks, it does not cap the process.
     """
+    rows = cfg.batch_size if rows is None else rows
     dim = int(getattr(model, "dim", 64))
     history = int(getattr(model, "history_length", 1))
     per_param = sum(p[0].numel() if name.startswith(PERSONAL) else p.numel()
                     for group in (SHARED, PERSONAL)
                     for name, p in params_of(model, group).items())
     per_row = _HISTORY_COPIES * history + _CANDIDATE_COPIES * (1 + cfg.num_negatives)
-    per_client = 4 * (_PARAM_COPIES * per_param + cfg.batch_size * dim * per_row)
+    per_client = 4 * (_PARAM_COPIES * per_param + rows * dim * per_row)
     return max(1, int(memory_budget_mb * 2**20 // per_client))
 
 
@@ -95,13 +98,33 @@ def train_batched(model: Recommender, message: GlobalModelMessage,
         personal = {k: np.asarray(v, dtype=np.float32) for k, v in personal_of(data.user).items()}
         prepared.append(_Client(data, examples, personal))
     prepared.sort(key=lambda c: -len(c.examples))  # stable: ties keep the callers' order
-    size = block_size(model, cfg, memory_budget_mb)
     out: dict[int, ClientResult] = {}
     with deterministic_torch():
-        for start in range(0, len(prepared), size):
-            for result in _train_block(model, message, prepared[start:start + size], cfg, seed):
+        for block in _blocks(prepared, lambda rows: block_size(model, cfg, memory_budget_mb,
+                                                               rows), cfg.batch_size):
+            for result in _train_block(model, message, block, cfg, seed):
                 out[result.update.client_id] = result
     return {c.user: out[c.user] for c in clients}
+
+
+def _blocks(prepared: list[_Client], capacity: Callable[[int], int],
+            batch_size: int) -> list[list[_Client]]:
+    """Consecutive runs of the size-sorted clients, each within the memory estimate.
+
+    A step pads every client's mini-batch to the block's largest, so a block also ends
+    where a client's first mini-batch is under half the block's first one: at least half
+    of every padded first step is real rows.
+    """
+    blocks: list[list[_Client]] = []
+    first_rows = limit = 0
+    for client in prepared:
+        rows = min(len(client.examples), batch_size)
+        if blocks and 2 * rows >= first_rows and len(blocks[-1]) < limit:
+            blocks[-1].append(client)
+        else:
+            blocks.append([client])
+            first_rows, limit = rows, capacity(rows)
+    return blocks
 
 
 def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_Client],
