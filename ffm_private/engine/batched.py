@@ -89,40 +89,47 @@ def train_batched(model: Recommender, message: GlobalModelMessage,
         raise ConfigError(f"federated.engine = 'batched' does not train "
                           f"{type(model).__name__}, which has its own local procedure; use "
                           "federated.engine = 'loop'")
-    history_length = getattr(model, "history_length", 1)
-    prepared = []
-    for data in clients:
-        rng = train_negative_rng(seed, message.round_id, data.user)
-        examples = build_examples(data.train, model.n_items, history_length,
-                                  cfg.num_negatives, rng, exclude=data.excluded)
-        personal = {k: np.asarray(v, dtype=np.float32) for k, v in personal_of(data.user).items()}
-        prepared.append(_Client(data, examples, personal))
-    prepared.sort(key=lambda c: -len(c.examples))  # stable: ties keep the callers' order
+    order = sorted(clients, key=lambda c: -len(c.train))  # stable: ties keep the given order
     out: dict[int, ClientResult] = {}
     with deterministic_torch():
-        for block in _blocks(prepared, lambda rows: block_size(model, cfg, memory_budget_mb,
-                                                               rows), cfg.batch_size):
-            for result in _train_block(model, message, block, cfg, seed):
+        for block in _blocks([len(c.train) for c in order],
+                             lambda rows: block_size(model, cfg, memory_budget_mb, rows),
+                             cfg.batch_size):
+            # examples are built per block, so only one block's inputs are held at a time
+            prepared = [_prepare(model, message, order[i], personal_of, cfg, seed)
+                        for i in block]
+            for result in _train_block(model, message, prepared, cfg, seed):
                 out[result.update.client_id] = result
     return {c.user: out[c.user] for c in clients}
 
 
-def _blocks(prepared: list[_Client], capacity: Callable[[int], int],
-            batch_size: int) -> list[list[_Client]]:
-    """Consecutive runs of the size-sorted clients, each within the memory estimate.
+def _prepare(model: Recommender, message: GlobalModelMessage, data: ClientData,
+             personal_of: Callable[[int], Mapping[str, np.ndarray]], cfg: LocalTrainingConfig,
+             seed: int) -> _Client:
+    """The client's examples with the loop's negatives (``train_negative_rng``)."""
+    rng = train_negative_rng(seed, message.round_id, data.user)
+    examples = build_examples(data.train, model.n_items, getattr(model, "history_length", 1),
+                              cfg.num_negatives, rng, exclude=data.excluded)
+    personal = {k: np.asarray(v, dtype=np.float32) for k, v in personal_of(data.user).items()}
+    return _Client(data, examples, personal)
+
+
+def _blocks(sizes: list[int], capacity: Callable[[int], int],
+            batch_size: int) -> list[list[int]]:
+    """Consecutive runs (as indices) of the size-sorted clients, each within the estimate.
 
     A step pads every client's mini-batch to the block's largest, so a block also ends
     where a client's first mini-batch is under half the block's first one: at least half
     of every padded first step is real rows.
     """
-    blocks: list[list[_Client]] = []
+    blocks: list[list[int]] = []
     first_rows = limit = 0
-    for client in prepared:
-        rows = min(len(client.examples), batch_size)
+    for i, size in enumerate(sizes):
+        rows = min(size, batch_size)
         if blocks and 2 * rows >= first_rows and len(blocks[-1]) < limit:
-            blocks[-1].append(client)
+            blocks[-1].append(i)
         else:
-            blocks.append([client])
+            blocks.append([i])
             first_rows, limit = rows, capacity(rows)
     return blocks
 

@@ -19,7 +19,6 @@ from ffm_private.messages import GlobalModelMessage
 from ffm_private.models import FROZEN, SHARED, build_model, load_group, params_of
 from ffm_private.models.partition import state_of
 from ffm_private.simulation import Simulation, run_training
-from ffm_private.training_data import build_examples
 
 ATOL = 1e-5
 
@@ -207,13 +206,9 @@ def test_backbone_is_not_trained(one_torch_thread):
 
 
 def test_blocks_keep_padding_under_half_and_fit_the_budget():
-    from ffm_private.engine.batched import _blocks, _Client
-
-    def client(n):
-        e = build_examples(np.arange(n), 2 * n + 10, 2, 1, np.random.default_rng(0))
-        return _Client(ClientData(n, np.arange(n)), e, {})
+    from ffm_private.engine.batched import _blocks
 
     sizes = [300, 256, 200, 120, 100, 60, 59, 3, 2, 1]
-    blocks = _blocks([client(n) for n in sizes], lambda rows: 3, 256)
-    assert [[len(c.examples) for c in b] for b in blocks] == [
+    blocks = _blocks(sizes, lambda rows: 3, 256)
+    assert [[sizes[i] for i in b] for b in blocks] == [
         [300, 256, 200], [120, 100, 60], [59], [3, 2], [1]]
