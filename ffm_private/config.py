@@ -156,6 +156,16 @@ class FederatedConfig:
     server_lr: float = _f(1.0, "Server step on the mean shared update (1.0 is FedAvg).")
     eval_every: int = _f(1, "Evaluate every N rounds (and always after the last).")
     seed: int = _f(0, "Seed for every random choice of the run.")
+    client_threads: int = _f(1, "Torch intra-op threads while clients train (restored "
+                             "afterwards); 0 keeps torch's setting. One thread is fastest for "
+                             "tiny per-client tensors, and stays fast when other jobs load "
+                             "the cores (bench/README.md).")
+    engine: str = _f("loop", "How a round's clients are trained: loop (one after another, "
+                     "the reference) or batched (blocks of clients as one stacked "
+                     "computation, same per-client results to float tolerance; models "
+                     "ffm-pool, ffm and fedmf, without example-level DP).")
+    memory_budget_mb: int = _f(1024, "batched engine: the block of clients trained at once is "
+                               "sized so that its estimated working memory stays under this.")
 
     def validate(self) -> None:
         _range("federated.rounds", self.rounds, 1, 1_000_000)
@@ -168,6 +178,11 @@ class FederatedConfig:
         _range("federated.server_lr", self.server_lr, 0.0, None, open_low=True)
         _range("federated.eval_every", self.eval_every, 1, None)
         _range("federated.seed", self.seed, 0, MAX_INT)
+        _range("federated.client_threads", self.client_threads, 0, 1024)
+        from ffm_private.engine import ENGINES
+
+        _choice("federated.engine", self.engine, ENGINES)
+        _range("federated.memory_budget_mb", self.memory_budget_mb, 1, 1 << 24)
 
 
 @dataclass(frozen=True)
@@ -247,7 +262,13 @@ class Config:
             getattr(self, name).validate()
         from ffm_private.privacy.config import PrivacyConfig
 
-        PrivacyConfig.from_dict(self.privacy)
+        privacy = PrivacyConfig.from_dict(self.privacy)
+        if self.federated.engine == "batched":
+            from ffm_private.engine import batched_refusal
+
+            refusal = batched_refusal(self.model.kind, privacy.mode)
+            if refusal:
+                raise ConfigError(refusal)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from ffm_private.data import (
 )
 from ffm_private.data.synthetic import CONFIG_FILE as SYNTHETIC_SUMMARY
 from ffm_private.data.synthetic import PERSONALITY_FILE
+from ffm_private.engine.batched import train_batched
+from ffm_private.engine.threads import client_threads
 from ffm_private.errors import (
     CheckpointError,
     CorruptFileError,
@@ -566,6 +568,10 @@ class Simulation:
                               full_ranking=self.cfg.evaluation.full_ranking)
 
     def run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
+        with client_threads(self.cfg.federated.client_threads):
+            return self._run_round(state, round_id)
+
+    def _run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
         f = self.cfg.federated
         users = list(range(self.split.n_users))
 
@@ -584,13 +590,19 @@ class Simulation:
         updates, losses = {}, []
         bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
                    leave=False, unit="client")
+        trained = (train_batched(self.workspace, message, state.personal.get,
+                                 [self._client_data(cid) for cid in sampled], self.local_cfg,
+                                 f.seed, memory_budget_mb=f.memory_budget_mb)
+                   if f.engine == "batched" else None)
         for cid in bar:
-            generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
-            result = train_client(self.workspace, message, state.personal.get(cid),
-                                  ClientData(cid, self.split.train[cid],
-                                             self.split.negative_exclusions(cid)),
-                                  self.local_cfg, f.seed,
-                                  generator=generator)
+            if trained is not None:
+                result = trained.pop(cid)
+            else:
+                generator = (self.privacy.client_generator(round_id, cid) if self.privacy
+                             else None)
+                result = train_client(self.workspace, message, state.personal.get(cid),
+                                      self._client_data(cid), self.local_cfg, f.seed,
+                                      generator=generator)
             losses.append(result.metrics["shared_loss"])
             update = result.update
             if self.privacy is not None:
@@ -627,6 +639,9 @@ class Simulation:
             row["declined"] = len(declined)
             row["epsilon"] = self.privacy.epsilon_after_rounds(round_id)
         return row
+
+    def _client_data(self, cid: int) -> ClientData:
+        return ClientData(cid, self.split.train[cid], self.split.negative_exclusions(cid))
 
     def _averager(self, pool_size: int) -> Averager:
         """The server step of the run's mechanism (the null mechanism without DP)."""
