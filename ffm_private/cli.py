@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from attacks.cli import add_audit_command  # light: the attacks load when audit runs
 
     add_audit_command(sub)
+    from ffm_private.tune import add_tune_command  # light: optuna loads when tune runs
+
+    add_tune_command(sub)
     return parser
 
 

@@ -44,8 +44,10 @@ class DataConfig:
     kind: str = _f("synthetic", "Dataset kind: synthetic, movielens-100k, movielens-1m or csv.")
     path: str = _f("", "Dataset directory (file for csv). For synthetic: where the generated "
                    "files go; empty means <run_dir>/data.")
-    synthetic_preset: str = _f("small", "Synthetic size: small (quick runs) or ml100k "
-                               "(MovieLens-100K's shape).")
+    synthetic_preset: str = _f("small", "Synthetic size: small (quick runs), ml100k "
+                               "(MovieLens-100K's shape) or ml100k-seq (that shape with "
+                               "sessions, taste drift, item-to-item transitions and trending "
+                               "items; docs/synthetic.md).")
     public_fraction: float = _f(0.2, "Fraction of users whose training data is public and used "
                                 "to pretrain the frozen backbone (FedPA's recipe).")
     num_eval_negatives: int = _f(99, "Sampled negatives each held-out item is ranked against.")
@@ -64,7 +66,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
-        _choice("data.synthetic_preset", self.synthetic_preset, ("small", "ml100k"))
+        _choice("data.synthetic_preset", self.synthetic_preset,
+                ("small", "ml100k", "ml100k-seq"))
         _choice("data.protocol", self.protocol, ("isolated", "pfedrec", "pfedrec-official"))
         if self.kind != "synthetic" and not self.path.strip():
             raise ConfigError(f"data.path is required for data.kind = {self.kind!r}")

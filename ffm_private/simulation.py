@@ -86,8 +86,7 @@ STATE_FILE = "state.json"
 
 def _synthetic_preset(cfg: Config) -> SyntheticConfig:
     data = cfg.data
-    preset = SyntheticConfig.small() if data.synthetic_preset == "small" else SyntheticConfig()
-    return SyntheticConfig(**{**preset.__dict__, "seed": cfg.federated.seed})
+    return SyntheticConfig.preset(data.synthetic_preset, seed=cfg.federated.seed)
 
 
 SYNTHETIC_FILES = ("u.data", "u.user", "u.item", PERSONALITY_FILE, SYNTHETIC_SUMMARY)

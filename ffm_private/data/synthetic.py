@@ -50,6 +50,17 @@ _ML100K_OCCUPATION_COUNTS = np.array([79, 28, 7, 95, 67, 18, 32, 16, 7, 12, 51, 
 _RATING_SHARES = np.array([0.0611, 0.1137, 0.2715, 0.3417, 0.2120])
 _GENRES = 19  # u.item carries MovieLens-100K's 19 genre flags
 _OCC = {name: k for k, name in enumerate(ML100K_OCCUPATIONS)}
+GENERATORS = ("softmax", "sequential")
+#: Fields only the sequential generator reads (left out of a softmax dataset's summary, so
+#: the existing presets write the same files as before).
+_SEQUENTIAL_FIELDS = ("generator", "session_mean", "transition_prob", "neighbours",
+                      "interests", "interest_spread", "drift", "drift_memory",
+                      "new_release_fraction", "trend_strength", "trend_days")
+#: ml100k-seq popularity shape, calibrated to MovieLens-100K's item Gini (docs/synthetic.md).
+SEQ_POPULARITY_EXPONENT = 1.0
+SEQ_POPULARITY_CUTOFF = 0.16
+#: MovieLens-100K's first and last rating: 1997-09-20 03:05:10 to 1998-04-22 23:10:38 UTC.
+SEQ_SPAN_DAYS = (893_286_638 - 874_724_710) / 86_400.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,29 @@ class SyntheticConfig:
     start_timestamp: int = 874_724_710
     span_days: float = 215.0
     seed: int = 0
+    #: ``softmax`` (static low-rank softmax, above) or ``sequential`` (sessions, taste drift,
+    #: item-to-item transitions, trending items: see :func:`_draw_sequential`).
+    generator: str = "softmax"
+    #: sequential: mean interactions per session (geometric lengths).
+    session_mean: float = 8.0
+    #: sequential: probability that the next item in a session follows the previous one
+    #: through the item-to-item transition graph (instead of the user's current taste).
+    transition_prob: float = 0.35
+    #: sequential: out-degree of the item-to-item transition graph (same-genre neighbours).
+    neighbours: int = 12
+    #: sequential: interest prototypes per user; each session follows one of them.
+    interests: int = 3
+    #: sequential: spread of a user's interests around their traits.
+    interest_spread: float = 0.7
+    #: sequential: per-session taste drift (AR(1) noise added to the interest, this scale).
+    drift: float = 0.5
+    #: sequential: AR(1) memory of the drift from one session to the next.
+    drift_memory: float = 0.8
+    #: sequential: share of items released during the span (trending for a while after).
+    new_release_fraction: float = 0.2
+    #: sequential: logit boost of an item just released (decays over ``trend_days``).
+    trend_strength: float = 2.0
+    trend_days: float = 30.0
 
     def __post_init__(self) -> None:
         cap = self.max_per_user
@@ -106,6 +140,15 @@ class SyntheticConfig:
              "strengths, exponents and spreads must be >= 0"),
             (self.span_days > 0, "span_days must be > 0"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.generator in GENERATORS, f"generator must be one of {list(GENERATORS)}"),
+            (self.session_mean >= 1 and self.neighbours >= 1 and self.interests >= 1
+             and self.trend_days > 0, "session_mean, neighbours, interests, trend_days "
+             "must be >= 1 (> 0 for trend_days)"),
+            (0 <= self.transition_prob <= 1 and 0 <= self.drift_memory < 1
+             and 0 <= self.new_release_fraction <= 1,
+             "transition_prob, new_release_fraction must lie in [0, 1], drift_memory in [0, 1)"),
+            (self.drift >= 0 and self.interest_spread >= 0 and self.trend_strength >= 0,
+             "drift, interest_spread and trend_strength must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,6 +165,22 @@ class SyntheticConfig:
     def small(cls, seed: int = 0) -> SyntheticConfig:
         """~300 users, 400 items, 15k interactions: the half-minute federated quickstart."""
         return cls(n_users=300, n_items=400, n_interactions=15_000, seed=seed)
+
+    @classmethod
+    def ml100k_seq(cls, seed: int = 0) -> SyntheticConfig:
+        """MovieLens-100K's shape with sequential structure (docs/synthetic.md)."""
+        return cls(generator="sequential", popularity_exponent=SEQ_POPULARITY_EXPONENT,
+                   popularity_cutoff=SEQ_POPULARITY_CUTOFF, span_days=SEQ_SPAN_DAYS, seed=seed)
+
+    @classmethod
+    def preset(cls, name: str, seed: int = 0) -> SyntheticConfig:
+        """The named preset: ``small``, ``ml100k`` or ``ml100k-seq``."""
+        makers = {"small": cls.small, "ml100k": lambda seed: cls(seed=seed),
+                  "ml100k-seq": cls.ml100k_seq}
+        if name not in makers:
+            raise ValueError(f"unknown synthetic preset {name!r}; expected one of "
+                             f"{sorted(makers)}")
+        return makers[name](seed=seed)
 
     @classmethod
     def from_dict(cls, values: dict) -> SyntheticConfig:
@@ -211,8 +270,13 @@ def _write_synthetic(out: Path, cfg: SyntheticConfig) -> None:
 
     logits = cfg.trait_strength * traits @ factors.T + log_pop
     chosen = _cover_items(logits, quota, np.random.default_rng(s_cover))
-    user, item = _draw(logits, quota, chosen, np.random.default_rng(s_draw))
-    timestamp = _timestamps(cfg, user, np.random.default_rng(s_time))
+    if cfg.generator == "sequential":
+        user, item, timestamp = _draw_sequential(cfg, traits, factors, log_pop, quota, chosen,
+                                                 np.random.default_rng(s_draw),
+                                                 np.random.default_rng(s_time))
+    else:
+        user, item = _draw(logits, quota, chosen, np.random.default_rng(s_draw))
+        timestamp = _timestamps(cfg, user, np.random.default_rng(s_time))
 
     rng = np.random.default_rng(s_misc)
     affinity = logits[user, item] - log_pop[item] + rng.standard_normal(len(user))
@@ -238,9 +302,12 @@ def _write_synthetic(out: Path, cfg: SyntheticConfig) -> None:
              gender=gender, age=age, age_group=age_group(age), occupation=occupation,
              activity=quota)
     counts = np.bincount(item, minlength=n_items)
+    config = asdict(cfg)
+    if cfg.generator == "softmax":
+        config = {k: v for k, v in config.items() if k not in _SEQUENTIAL_FIELDS}
     summary = {
         "format_version": FORMAT_VERSION,
-        "config": asdict(cfg),
+        "config": config,
         "files": ["u.data", "u.user", "u.item", PERSONALITY_FILE],
         "attribute_codes": {"gender": GENDERS, "age_group": AGE_GROUPS,
                             "occupation": ML100K_OCCUPATIONS},
@@ -254,6 +321,8 @@ def _write_synthetic(out: Path, cfg: SyntheticConfig) -> None:
                   "max_per_user": int(quota.max()), "item_gini": _gini(counts),
                   "user_gini": _gini(quota), "male_share": float(gender.mean())},
     }
+    if cfg.generator == "sequential":
+        summary["stats"].update(sequence_stats(user, item, timestamp, genres))
     (out / CONFIG_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
@@ -372,6 +441,172 @@ def _draw(logits: np.ndarray, quota: np.ndarray, chosen: np.ndarray,
     user = np.repeat(np.arange(logits.shape[0]), quota)
     item = order[take]
     return user.astype(np.int64), item.astype(np.int64)
+
+
+def _transition_graph(cfg: SyntheticConfig, primary: np.ndarray, log_pop: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's ``neighbours`` successors: same-genre items, drawn by sqrt(popularity).
+
+    A sparse graph, not a function of the latent factors: the next-item structure a low-rank
+    scorer cannot express (the draw weights are Zipf over the neighbour list).
+    """
+    n_items, deg = len(primary), cfg.neighbours
+    weight = np.exp(0.5 * (log_pop - log_pop.max()))
+    table = np.empty((n_items, deg), dtype=np.int64)
+    for i in range(n_items):
+        pool = np.flatnonzero(primary == primary[i])
+        pool = pool[pool != i]
+        if len(pool) < deg:
+            pool = np.setdiff1d(np.arange(n_items), [i])
+        keys = np.log(weight[pool]) + rng.gumbel(size=len(pool))
+        table[i] = pool[np.argsort(-keys, kind="stable")[:deg]]
+    probs = 1.0 / np.arange(1, deg + 1)
+    return table, probs / probs.sum()
+
+
+def _draw_sequential(cfg: SyntheticConfig, traits: np.ndarray, factors: np.ndarray,
+                     log_pop: np.ndarray, quota: np.ndarray, chosen: np.ndarray,
+                     rng: np.random.Generator, rng_time: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interactions as sessions over time: the generative process of ``ml100k-seq``.
+
+    Per user: an active window (log-normal length, median two days, as ``_timestamps``);
+    sessions of geometric length inside it; each session follows one of the user's
+    ``interests`` prototypes (``traits + interest_spread * noise``; it switches between
+    sessions with probability 0.4) plus an AR(1) taste drift. Within a session the next item
+    follows the previous one through the transition graph with ``transition_prob``, else it
+    is the next unseen item of the session's Gumbel-ranked taste logits: ``trait_strength *
+    factors . taste + log popularity + trend(t)``, where items released during the span
+    (``new_release_fraction``) cannot be taken before their release and get a boost
+    ``trend_strength * exp(-age / trend_days)`` after it. A user never takes an item twice
+    (MovieLens rates each movie once). Items the coverage step gave the user sit at random
+    positions of the sequence.
+    """
+    n_users, n_items = len(traits), len(factors)
+    K = factors.shape[1]
+    primary = np.argmax(_genres(factors), axis=1)
+    table, step_probs = _transition_graph(cfg, primary, log_pop, rng)
+    span = cfg.span_days * 86_400.0
+    release = np.full(n_items, -np.inf)
+    new = rng.random(n_items) < cfg.new_release_fraction
+    release[new] = rng.random(int(new.sum())) * span
+    users, items, stamps = [], [], []
+    rho = cfg.drift_memory
+    for u in range(n_users):
+        q = int(quota[u])
+        owned = np.flatnonzero(chosen[u])
+        rng.shuffle(owned)
+        lengths = []
+        while sum(lengths) < q:
+            lengths.append(int(rng.geometric(1.0 / cfg.session_mean)))
+        lengths[-1] -= sum(lengths) - q
+        slot_owned = np.full(q, -1, dtype=np.int64)
+        slot_owned[rng.choice(q, size=len(owned), replace=False)] = owned
+        duration = min(float(rng_time.lognormal(math.log(2 * 86_400.0), 2.0)), span)
+        start = float(rng_time.random()) * (span - duration)
+        session_start = start + np.sort(rng_time.random(len(lengths))) * duration
+        protos = traits[u] + cfg.interest_spread * rng.standard_normal((cfg.interests, K))
+        drift = np.zeros(K)
+        interest = int(rng.integers(cfg.interests))
+        taken = np.zeros(n_items, dtype=bool)
+        taken[owned] = True
+        seq = np.empty(q, dtype=np.int64)
+        times = np.empty(q)
+        pos, prev = 0, -1
+        for s, length in enumerate(lengths):
+            if s and rng.random() < 0.4:
+                interest = int(rng.integers(cfg.interests))
+            drift = rho * drift + math.sqrt(1 - rho * rho) * rng.standard_normal(K)
+            t = session_start[s]
+            age = t - release
+            trend = np.where(age >= 0, cfg.trend_strength * np.exp(-np.maximum(age, 0.0)
+                                                                  / (cfg.trend_days * 86_400.0)),
+                             -np.inf)
+            taste = protos[interest] + cfg.drift * drift
+            keys = cfg.trait_strength * factors @ taste + log_pop + trend
+            keys = keys + rng.gumbel(size=n_items)
+            order = np.argsort(-keys, kind="stable")
+            ptr = 0
+            follow = rng.random(length) < cfg.transition_prob
+            gaps = np.cumsum(1.0 + rng_time.exponential(60.0, size=length))
+            for j in range(length):
+                item = int(slot_owned[pos])
+                if item < 0 and prev >= 0 and follow[j]:
+                    succ = table[prev]
+                    free = ~taken[succ] & (release[succ] <= t)
+                    if free.any():
+                        p = step_probs[free] / step_probs[free].sum()
+                        item = int(succ[free][rng.choice(int(free.sum()), p=p)])
+                if item < 0:
+                    while taken[order[ptr]]:
+                        ptr += 1
+                    item = int(order[ptr])
+                taken[item] = True
+                seq[pos], times[pos] = item, t + gaps[j]
+                prev, pos = item, pos + 1
+        times -= max(0.0, times[-1] + q - span)  # the last session ends inside the span
+        times = np.maximum(times, 0.0)
+        users.append(np.full(q, u, dtype=np.int64))
+        items.append(seq)
+        stamps.append(_strictly_increasing(np.floor(cfg.start_timestamp + times)))
+    return np.concatenate(users), np.concatenate(items), np.concatenate(stamps)
+
+
+def _strictly_increasing(ts: np.ndarray) -> np.ndarray:
+    """Integer seconds, each at least one more than the previous: the order is the sequence."""
+    out = ts.astype(np.int64)
+    for k in range(1, len(out)):
+        if out[k] <= out[k - 1]:
+            out[k] = out[k - 1] + 1
+    return out
+
+
+def sequence_stats(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray,
+                   genres: np.ndarray) -> dict[str, float]:
+    """Calibration statistics of interaction data (docs/synthetic.md), real or synthetic.
+
+    ``genres`` is the items' genre-flag matrix (u.item's 19 columns). Order within a user
+    is by timestamp (stable).
+    """
+    n_items = genres.shape[0]
+    order = np.lexsort((np.arange(len(user)), timestamp, user))
+    u, i, t = user[order], item[order], timestamp[order]
+    same_user = u[1:] == u[:-1]
+    gaps = (t[1:] - t[:-1])[same_user]
+    per_user = np.bincount(u)
+    per_user = per_user[per_user > 0]
+    per_item = np.bincount(i, minlength=n_items)
+    flags = genres.astype(bool)
+    a, b = i[:-1][same_user], i[1:][same_user]
+    shared = (flags[a] & flags[b]).any(axis=1)
+    # chance level: two items drawn independently by interaction frequency
+    share = per_item / per_item.sum()
+    genre_mass = share @ flags
+    overlap_rng = np.random.default_rng(0)
+    x = overlap_rng.choice(n_items, size=20_000, p=share)
+    y = overlap_rng.choice(n_items, size=20_000, p=share)
+    chance = float((flags[x] & flags[y]).any(axis=1).mean())
+    # popularity drift: items' interaction counts in the first and the second half of time
+    mid = np.median(t)
+    first = np.bincount(i[t <= mid], minlength=n_items)
+    second = np.bincount(i[t > mid], minlength=n_items)
+    from scipy.stats import spearmanr
+
+    drift = float(spearmanr(first, second).statistic)
+    return {
+        "interactions": int(len(user)),
+        "density": float(len(user) / (len(per_user) * n_items)),
+        "item_gini": _gini(per_item), "user_gini": _gini(per_user),
+        "per_user_min": int(per_user.min()), "per_user_median": float(np.median(per_user)),
+        "per_user_max": int(per_user.max()),
+        "per_item_median": float(np.median(per_item)), "per_item_max": int(per_item.max()),
+        "repeat_share": float(1 - len(np.unique(u * n_items + i)) / len(u)),
+        "gap_under_hour_share": float((gaps < 3600).mean()) if len(gaps) else 0.0,
+        "consecutive_genre_share": float(shared.mean()) if len(shared) else 0.0,
+        "random_pair_genre_share": chance,
+        "popularity_half_rank_correlation": drift,
+        "genre_mass_max": float(genre_mass.max()),
+    }
 
 
 def _timestamps(cfg: SyntheticConfig, user: np.ndarray, rng: np.random.Generator
