@@ -225,6 +225,34 @@ class ObservationConfig:
 
 
 @dataclass(frozen=True)
+class DefenseConfig:
+    """A defense on the shared update (see docs/defenses.md)."""
+
+    kind: str = _f("none", "none, or subspace: each client projects its shared update onto "
+                   "the orthogonal complement of a sensitive subspace (estimated from public "
+                   "users only, shipped with the broadcast) before clipping, noise and "
+                   "encoding. Not a formal guarantee.")
+    rank: int = _f(8, "subspace: directions removed (at most; fewer when the public updates "
+                   "carry no more attribute signal).")
+    estimator: str = _f("linear", "subspace: linear (iterative nullspace projection over ridge "
+                        "attribute classifiers) or spectral (top directions of "
+                        "attribute-conditional second-moment differences).")
+    refresh_every: int = _f(5, "subspace: re-estimate from the public users' updates of the "
+                            "current broadcast every N rounds (round 1, 1 + N, ...).")
+    ridge: float = _f(100.0, "subspace, linear: ridge strength relative to the mean squared "
+                      "norm of the (centred) public updates. Large values (the "
+                      "default) give class-mean differences, the steadiest estimate from few "
+                      "public users; small ones overfit their noise.")
+
+    def validate(self) -> None:
+        _choice("defense.kind", self.kind, ("none", "subspace"))
+        _choice("defense.estimator", self.estimator, ("linear", "spectral"))
+        _range("defense.rank", self.rank, 1, 4096)
+        _range("defense.refresh_every", self.refresh_every, 1, MAX_INT)
+        _range("defense.ridge", self.ridge, 0.0, 1e12, open_low=True)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
@@ -239,6 +267,7 @@ class Config:
                        "see docs/privacy.md.")
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     observation: ObservationConfig = field(default_factory=ObservationConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
 
     def validate(self) -> Config:
         if not self.run_dir.strip():
@@ -266,6 +295,7 @@ _SECTIONS: dict[str, type] = {
     "protocol": ProtocolConfig,
     "evaluation": EvaluationConfig,
     "observation": ObservationConfig,
+    "defense": DefenseConfig,
 }
 
 
