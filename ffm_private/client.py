@@ -13,6 +13,9 @@ Local training has two phases, which is what lets privacy accounting tell them a
 With ``cfg.example_dp`` set, both phases run example-level DP-SGD
 (:mod:`ffm_private.privacy.dpsgd`): Poisson-sampled rows without histories, per-row clipping
 and Gaussian noise drawn from the caller's ``generator``; the result says what was run.
+
+With a sensitive-subspace basis in the message (``[defense]``), the update is projected onto
+its orthogonal complement here, before anything (clipping, noise, encoding) touches it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from ffm_private.data import train_negative_rng
+from ffm_private.defense.projection import project_out
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import PERSONAL, SHARED, Recommender, SharedSpec, load_group, params_of
 from ffm_private.models.partition import state_of
@@ -183,6 +187,8 @@ def train_client(model: Recommender, message: GlobalModelMessage,
     model.after_local_training(message.shared)
     new_shared = state_of(model, SHARED)
     delta = spec.flatten(new_shared) - spec.flatten(message.shared)
+    if message.defense_basis is not None:  # the defense acts first: clip, noise, encode after
+        delta = project_out(delta, message.defense_basis)
     new_personal = {k: v[0] for k, v in state_of(model, PERSONAL).items()}
     update = ClientUpdate(
         client_id=data.user,

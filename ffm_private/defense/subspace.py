@@ -76,6 +76,7 @@ class SensitiveSubspace:
 
         from ffm_private.storage import save_arrays
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_arrays(path, {"basis": self.basis, "meta": np.frombuffer(
             json.dumps(self.meta(), sort_keys=True).encode(), dtype=np.uint8)})
 
