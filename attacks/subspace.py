@@ -20,16 +20,17 @@ estimator (``[defense]`` rank and estimator), which shows what the defense would
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from attacks.attribute import components_for, decide_note, user_features
 from attacks.base import AttackResult, judge
 from attacks.classifier import fit_logistic_cv
-from attacks.context import VIEW_TEXT, AuditContext, AuditError
+from attacks.context import VIEW_TEXT, AuditContext, AuditError, recorded_users, view_vector
 from attacks.features import view_features
 from attacks.metrics import balanced_accuracy, bootstrap, macro_auc
+from ffm_private.defense import energy_fraction, project_out
 
 TITLE = "A3 adaptive attribute inference (knows the subspace projection)"
 OBSERVES = ("the view's observations of every user, the public sensitive-subspace basis of "
@@ -71,9 +72,8 @@ def round_bases(ctx: AuditContext, view: str) -> tuple[dict[int, np.ndarray], st
                    f"({d.estimator}, rank <= {d.rank}): the run has no defense")
 
 
-def _vectors(ctx: AuditContext, round_id: int, view: str):
-    from attacks.context import recorded_users, view_vector
-
+def _vectors(ctx: AuditContext, round_id: int, view: str) -> Iterator[tuple[int, np.ndarray]]:
+    """``(user, vector)`` for every user ``view`` observed in ``round_id``."""
     obs = ctx.log[round_id]
     for u in recorded_users(obs):
         vec = view_vector(obs, u, view)
@@ -102,8 +102,6 @@ def distribution(values: np.ndarray) -> dict[str, float]:
 def energy_in_subspace(ctx: AuditContext, view: str, bases: Mapping[int, np.ndarray],
                        users: list[int]) -> dict[int, float]:
     """Per user: the mean over observed rounds of ``||B_r^T v||^2 / ||v||^2``."""
-    from ffm_private.defense import energy_fraction
-
     wanted, per_user = set(users), {}
     for r, basis in bases.items():
         for u, vec in _vectors(ctx, r, view):
@@ -124,8 +122,6 @@ def run_adaptive_attribute_inference(ctx: AuditContext, view: str, *,
     for r in ctx.log.rounds:
         basis = bases.get(r)
         for u, vec in _vectors(ctx, r, view):
-            from ffm_private.defense import project_out
-
             sums.setdefault(u, []).append(project_out(vec, basis))
     observed = sorted(sums)
     shadows = [u for u in observed if u in public]
