@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from attacks.base import AttackResult, judge
+from attacks.base import INCONCLUSIVE, AttackResult, judge
 from attacks.classifier import fit_logistic_cv
 from attacks.context import VIEW_TEXT, AuditContext, AuditError
 from attacks.features import ViewFeatures, view_features, without
@@ -57,6 +57,33 @@ def user_features(ctx: AuditContext, feats: ViewFeatures, users: list[int],
     sketches = np.stack([np.mean([feats.sketches[(r, u)] for r in feats.rounds_of(u)], axis=0)
                          for u in users])
     return np.hstack([_pca(profiles, k), _pca(sketches, max(1, k // 2))])
+
+
+def users_to_decide(estimate, bar: float, n: int) -> int | None:
+    """Targets that would decide an inconclusive verdict if the estimate stayed where it is.
+
+    The bootstrap interval narrows as ``1 / sqrt(n)``: the side facing ``bar`` must shrink
+    below the estimate's distance to it. ``None`` when the estimate sits on the bar.
+    """
+    gap = abs(estimate.value - bar)
+    half = (estimate.value - estimate.low) if estimate.value > bar else \
+        (estimate.high - estimate.value)
+    if gap < 1e-9 or not np.isfinite(half):
+        return None
+    return int(np.ceil(n * (half / gap) ** 2))
+
+
+def decide_note(estimate, bar: float, n: int, verdict) -> str | None:
+    """A sentence for an inconclusive verdict: how many users would decide it."""
+    if verdict.level != INCONCLUSIVE:
+        return None
+    need = users_to_decide(estimate, bar, n)
+    if need is None:
+        return (f"inconclusive with {n} target users: the estimate sits on the reference, so "
+                "no number of users decides it")
+    return (f"inconclusive with {n} target users: about {need} observed private users (at "
+            "the same per-user observation) would decide it if the estimate stayed at "
+            f"{estimate.value:.3f}")
 
 
 def run_attribute_inference(ctx: AuditContext, view: str, *, attributes: list[str] | None = None,
@@ -99,11 +126,17 @@ def run_attribute_inference(ctx: AuditContext, view: str, *, attributes: list[st
         bacc = bootstrap(stat_bacc, len(targets), rounds=bootstrap_rounds, seed=ctx.seed)
         estimate = bootstrap(stat_auc, len(targets), rounds=bootstrap_rounds, seed=ctx.seed)
         majority = np.bincount(np.searchsorted(classes, ys)).argmax()
+        verdict = judge(estimate, 0.5, TOLERANCE, "macro AUC")
+        notes = ["classifier trained on public users' observations and attributes; scored "
+                 "on private users"]
+        decide = decide_note(estimate, 0.5 + TOLERANCE, len(targets), verdict)
+        if decide:
+            notes.append(decide)
         label_names = ctx.truth.attribute_names.get(name, [])
         results.append(AttackResult(
             attack="A3", title=f"{TITLE}: {name}", view=view, threat_model=VIEW_TEXT[view],
             observes=OBSERVES, headline="macro_auc", estimate=estimate, reference=0.5,
-            verdict=judge(estimate, 0.5, TOLERANCE, "macro AUC"),
+            verdict=verdict,
             metrics={"attribute": name, "classes": int(len(present)), "chance": chance,
                      "balanced_accuracy": bacc, "macro_auc": estimate.value,
                      "auc_chance": 0.5, "shadow_users": len(shadows),
@@ -112,11 +145,11 @@ def run_attribute_inference(ctx: AuditContext, view: str, *, attributes: list[st
                                         if int(classes[majority]) < len(label_names)
                                         else int(classes[majority]))},
             covered_by_claim=covered,
-            notes=["classifier trained on public users' observations and attributes; scored "
-                   "on private users"],
+            notes=notes,
             seconds=time.perf_counter() - start))
         start = time.perf_counter()  # the next attribute's time is its own
     return results
 
 
-__all__ = ["TITLE", "run_attribute_inference", "user_features"]
+__all__ = ["TITLE", "decide_note", "run_attribute_inference", "user_features",
+           "users_to_decide"]

@@ -125,8 +125,11 @@ def _run_one(ctx: AuditContext, attack: str, view: str, o: AuditOptions) -> list
                                shadows=o.a2_shadows, bootstrap_rounds=o.bootstrap)]
     if attack == "a3":
         from attacks.attribute import run_attribute_inference
+        from attacks.subspace import run_adaptive_attribute_inference
 
-        return run_attribute_inference(ctx, view, bootstrap_rounds=o.bootstrap)
+        results = run_attribute_inference(ctx, view, bootstrap_rounds=o.bootstrap)
+        return results + run_adaptive_attribute_inference(ctx, view,
+                                                          bootstrap_rounds=o.bootstrap)
     if attack == "a4":
         from attacks.linkage import run_linkage
 

@@ -13,6 +13,9 @@ Local training has two phases, which is what lets privacy accounting tell them a
 With ``cfg.example_dp`` set, both phases run example-level DP-SGD
 (:mod:`ffm_private.privacy.dpsgd`): Poisson-sampled rows without histories, per-row clipping
 and Gaussian noise drawn from the caller's ``generator``; the result says what was run.
+
+With a sensitive-subspace basis in the message (``[defense]``), the update is projected onto
+its orthogonal complement here, before anything (clipping, noise, encoding) touches it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from ffm_private.data import train_negative_rng
+from ffm_private.defense.projection import project_out
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import PERSONAL, SHARED, Recommender, SharedSpec, load_group, params_of
 from ffm_private.models.partition import state_of
@@ -182,7 +186,7 @@ def train_client(model: Recommender, message: GlobalModelMessage,
         sent_metrics = {"personal_loss": personal_loss, "shared_loss": shared_loss}
     model.after_local_training(message.shared)
     new_shared = state_of(model, SHARED)
-    delta = spec.flatten(new_shared) - spec.flatten(message.shared)
+    delta = shared_delta(spec, new_shared, message)
     new_personal = {k: v[0] for k, v in state_of(model, PERSONAL).items()}
     update = ClientUpdate(
         client_id=data.user,
@@ -194,6 +198,20 @@ def train_client(model: Recommender, message: GlobalModelMessage,
     return ClientResult(update=update, personal=new_personal,
                         metrics={"personal_loss": personal_loss, "shared_loss": shared_loss},
                         dp=report)
+
+
+def shared_delta(spec: SharedSpec, new_shared: Mapping[str, np.ndarray],
+                 message: GlobalModelMessage) -> np.ndarray:
+    """The flat update a client would send: its new shared state minus the broadcast.
+
+    With a defense basis in the message the update is projected onto its orthogonal
+    complement first, so clipping, noise and encoding all act on the projected vector.
+    Every engine forms its updates here.
+    """
+    delta = spec.flatten(new_shared) - spec.flatten(message.shared)
+    if message.defense_basis is not None:
+        delta = project_out(delta, message.defense_basis)
+    return delta
 
 
 def _plain_phase(model: Recommender, params: Mapping[str, torch.nn.Parameter],

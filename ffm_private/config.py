@@ -226,8 +226,11 @@ class ObservationConfig:
     enabled: bool = _f(True, "Record the observation log (observations/ in the run directory).")
     rounds: list = _f([1, 2, -1], "Rounds to record; negative counts from the end (-1 = the "
                       "last round). Linkage audits need two rounds with the same clients.")
-    max_clients: int = _f(256, "At most this many clients' update vectors per round (the same "
-                          "clients every round, chosen by a keyed hash); 0 records none.")
+    max_clients: int = _f(4096, "At most this many clients' update vectors per round (the same "
+                          "clients every round, chosen by a keyed hash); 0 records none. The "
+                          "default records every client of runs up to 4096 users (all of "
+                          "MovieLens-100K), so audits attack every user and use every public "
+                          "user as a shadow.")
     dtype: str = _f("float32", "Storage of client update vectors: float32 or float16 (half "
                     "the bytes; a round whose values overflow float16 is kept in float32).")
 
@@ -240,6 +243,34 @@ class ObservationConfig:
             _range("observation.rounds", r, -MAX_INT, MAX_INT)
         _range("observation.max_clients", self.max_clients, 0, MAX_INT)
         _choice("observation.dtype", self.dtype, ("float32", "float16"))
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """A defense on the shared update (see docs/defenses.md)."""
+
+    kind: str = _f("none", "none, or subspace: each client projects its shared update onto "
+                   "the orthogonal complement of a sensitive subspace (estimated from public "
+                   "users only, shipped with the broadcast) before clipping, noise and "
+                   "encoding. Not a formal guarantee.")
+    rank: int = _f(8, "subspace: directions removed (at most; fewer when the public updates "
+                   "carry no more attribute signal).")
+    estimator: str = _f("linear", "subspace: linear (iterative nullspace projection over ridge "
+                        "attribute classifiers) or spectral (top directions of "
+                        "attribute-conditional second-moment differences).")
+    refresh_every: int = _f(5, "subspace: re-estimate from the public users' updates of the "
+                            "current broadcast every N rounds (round 1, 1 + N, ...).")
+    ridge: float = _f(100.0, "subspace, linear: ridge strength relative to the mean squared "
+                      "norm of the (centred) public updates. Large values (the "
+                      "default) give class-mean differences, the steadiest estimate from few "
+                      "public users; small ones overfit their noise.")
+
+    def validate(self) -> None:
+        _choice("defense.kind", self.kind, ("none", "subspace"))
+        _choice("defense.estimator", self.estimator, ("linear", "spectral"))
+        _range("defense.rank", self.rank, 1, 4096)
+        _range("defense.refresh_every", self.refresh_every, 1, MAX_INT)
+        _range("defense.ridge", self.ridge, 0.0, 1e12, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -257,6 +288,7 @@ class Config:
                        "see docs/privacy.md.")
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     observation: ObservationConfig = field(default_factory=ObservationConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
 
     def validate(self) -> Config:
         if not self.run_dir.strip():
@@ -290,6 +322,7 @@ _SECTIONS: dict[str, type] = {
     "protocol": ProtocolConfig,
     "evaluation": EvaluationConfig,
     "observation": ObservationConfig,
+    "defense": DefenseConfig,
 }
 
 

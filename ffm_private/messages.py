@@ -14,10 +14,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class GlobalModelMessage:
-    """Server -> client: the round number and the current shared (global adapter) state."""
+    """Server -> client: the round number and the current shared (global adapter) state.
+
+    ``defense_basis``: the public ``(P, r)`` orthonormal basis of the sensitive subspace the
+    client projects its update away from (``[defense] kind = "subspace"``), else ``None``.
+    """
 
     round_id: int
     shared: Mapping[str, np.ndarray]
+    defense_basis: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ MARKER = ".ffm-private-run"
 LOCK = ".ffm-private.lock"
 #: Entries a run creates inside its directory; ``--overwrite`` removes these and nothing else.
 RUN_ENTRIES = ("config.toml", "metrics.jsonl", "summary.json", "summary.md", "checkpoints",
-               "privacy", "observations")
+               "privacy", "observations", "defense")
 #: The synthetic data a run generates into ``<run_dir>/data`` (recognised by this file).
 DATA_DIR, DATA_SIGNATURE = "data", "synthetic.json"
 

@@ -40,6 +40,7 @@ from ffm_private.data import (
 )
 from ffm_private.data.synthetic import CONFIG_FILE as SYNTHETIC_SUMMARY
 from ffm_private.data.synthetic import PERSONALITY_FILE
+from ffm_private.defense.server import make_defense
 from ffm_private.engine.batched import train_batched
 from ffm_private.engine.threads import client_threads
 from ffm_private.errors import (
@@ -191,6 +192,7 @@ class Simulation:
         self.progress = progress
         self.directory = RunDir(self.run_dir)
         self.privacy: RunPrivacy | None = None
+        self.defense = None
         self._staging: Path | None = None
         self._resume_state: RunState | None = None
         self.notes: list[str] = []
@@ -231,6 +233,8 @@ class Simulation:
         if self.privacy is not None:
             self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
         self._check_protocol_fits()
+        self.defense = make_defense(cfg.defense, self.run_dir, self.public,
+                                    self._attributes, SharedSpec.of(probe).size)
         given = self._given_backbone()
         if given is None and not (resuming and self._backbone_path().exists()):
             self._check_public_users()
@@ -333,7 +337,13 @@ class Simulation:
             staged = self._staging / DATA_DIR
             generate_synthetic(staged, _synthetic_preset(cfg))
             self._data_target, source = Path(cfg.data.path or self.run_dir / DATA_DIR), staged
-        return _split(cfg, _load_interactions(cfg, source))
+        interactions = _load_interactions(cfg, source)
+        split = _split(cfg, interactions)
+        rows = split.source_users if split.source_users is not None else np.arange(split.n_users)
+        # every user's attributes; only the defense reads them, and keeps the public rows only
+        self._attributes = {k: np.asarray(v)[rows]
+                            for k, v in interactions.user_attributes.items()}
+        return split
 
     def _install_data(self) -> None:
         """Put staged synthetic data in place: complete or absent, whatever a crash hits."""
@@ -586,6 +596,8 @@ class Simulation:
         server = Server(self.spec, state.shared, self.protocol, f.server_lr,
                         averager=self._averager(pool_size))
         message = server.broadcast(round_id)
+        if self.defense is not None:  # the public basis travels with the broadcast
+            message = self.defense.attach(message, lambda m, u: self._public_update(state, m, u))
         updates, losses = {}, []
         bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
                    leave=False, unit="client")
@@ -641,6 +653,15 @@ class Simulation:
 
     def _client_data(self, cid: int) -> ClientData:
         return ClientData(cid, self.split.train[cid], self.split.negative_exclusions(cid))
+
+    def _public_update(self, state: RunState, message: Any, user: int) -> np.ndarray:
+        """What public user ``user`` would send from ``message`` (its data is public: no DP)."""
+        result = train_client(self.workspace, message, state.personal.get(user),
+                              ClientData(user, self.split.train[user],
+                                         self.split.negative_exclusions(user)),
+                              dataclasses.replace(self.local_cfg, example_dp=None),
+                              self.cfg.federated.seed)
+        return result.update.delta
 
     def _averager(self, pool_size: int) -> Averager:
         """The server step of the run's mechanism (the null mechanism without DP)."""

@@ -31,6 +31,7 @@ from ffm_private.client import (
     LocalTrainingConfig,
     _batch_seed,
     deterministic_torch,
+    shared_delta,
 )
 from ffm_private.config import ConfigError
 from ffm_private.data import train_negative_rng
@@ -164,13 +165,12 @@ def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_C
             seeds=seeds)
     else:
         shared_loss = [float("nan")] * n
-    sent = spec.flatten(message.shared)
     results = []
     for i, client in enumerate(block):
         new_shared = {k: v[i].numpy().copy() for k, v in stacked_shared.items()}
         metrics = {"personal_loss": personal_loss[i], "shared_loss": shared_loss[i]}
         update = ClientUpdate(client_id=client.data.user, round_id=round_id,
-                              delta=spec.flatten(new_shared) - sent,
+                              delta=shared_delta(spec, new_shared, message),
                               num_examples=len(client.examples), metrics=dict(metrics))
         results.append(ClientResult(
             update=update, personal={k: v[i, 0].numpy().copy() for k, v in personal.items()},
