@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     from attacks.cli import add_audit_command  # light: the attacks load when audit runs
 
     add_audit_command(sub)
+
+    from ffm_private.flower.cli import add_flower_command  # flwr loads when it runs
+
+    add_flower_command(sub)
     return parser
 
 

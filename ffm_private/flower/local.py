@@ -67,9 +67,9 @@ class Tls:
     ca_cert: Path
     server_cert: Path
     server_key: Path
-    #: SuperNode private keys, one per node, and the SuperLink's list of their public keys.
+    #: SuperNode private keys and their public keys (registered with the SuperLink), per node.
     node_keys: Sequence[Path] = ()
-    node_public_keys_csv: Path | None = None
+    node_public_keys: Sequence[Path] = ()
 
 
 def free_port() -> int:
@@ -194,11 +194,13 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
                 "--disable-runtime-dependency-installation"]
         link += (["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
                   "--ssl-keyfile", str(tls.server_key)] if tls is not None else ["--insecure"])
-        if tls is not None and tls.node_public_keys_csv is not None:
+        if tls is not None and tls.node_public_keys:
             link += ["--enable-supernode-auth"]
         superlink = dep.start("superlink", link)
         wait_port(port, 60.0, superlink)
         out.write(f"SuperLink on 127.0.0.1:{port} (pid {superlink.pid}); logs in {work}\n")
+        if tls is not None and tls.node_public_keys:
+            _register_nodes(dep, tls, len(users))
         for i, user in enumerate(users):
             node_dir = nodes_root / f"user-{user}"
             node_config = (f'user="{user}" node-dir="{node_dir}" data-path="{data_path}"')
@@ -213,8 +215,6 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
                 argv += ["--insecure"]
             proc = dep.start(f"supernode-{i}", argv)
             out.write(f"SuperNode {i} for user {user} (pid {proc.pid}); node dir {node_dir}\n")
-        if tls is not None and tls.node_public_keys_csv is not None:
-            _register_nodes(dep, tls)
         if callable(on_started):
             on_started(dep)
         run_config = (f"config={_toml_str(work / 'run.toml')} resume={_toml_bool(resume)} "
@@ -239,20 +239,16 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _register_nodes(dep: LocalDeployment, tls: Tls) -> None:
+def _register_nodes(dep: LocalDeployment, tls: Tls, count: int) -> None:
     """Register each SuperNode's public key with the SuperLink (Flower's node authentication)."""
-    assert tls.node_public_keys_csv is not None
-    for line in tls.node_public_keys_csv.read_text().splitlines():
-        key = line.strip()
-        if not key:
-            continue
-        pub = dep.work / f"node-{abs(hash(key))}.pub"
-        pub.write_text(key + "\n")
-        done = subprocess.run(["flwr", "supernode", "register", str(pub), str(dep.work / "app"),
-                               CONNECTION], env=dep.env, capture_output=True, text=True,
-                              timeout=60)
+    if len(tls.node_public_keys) < count or len(tls.node_keys) < count:
+        raise FlowerDeploymentError(f"--tls: {count} SuperNodes need {count} key pairs, the "
+                                    f"folder holds {len(tls.node_keys)}")
+    for pub in tls.node_public_keys[:count]:
+        done = subprocess.run(["flwr", "supernode", "register", str(pub), CONNECTION],
+                              env=dep.env, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise FlowerDeploymentError(f"registering a SuperNode key failed: "
+            raise FlowerDeploymentError(f"registering the SuperNode key {pub} failed: "
                                         f"{done.stdout[-500:]} {done.stderr[-500:]}")
 
 

@@ -27,6 +27,8 @@ from ffm_private.flower.node_state import NodeState, UserRows
 
 #: Node-config keys (``flower-supernode --node-config 'user="7" node-dir="..."'``).
 USER_KEY, DATA_KEY, DIR_KEY = "user", "data-path", "node-dir"
+#: The user's own epsilon cap, set on the node; the node's ledger enforces it.
+CAP_KEY = "epsilon-cap"
 
 
 def _require(node_config: Mapping[str, Any], key: str) -> str:
@@ -45,6 +47,13 @@ class Node:
         self.data_path = str(node_config.get(DATA_KEY, "") or "")
         self.state = NodeState(_require(node_config, DIR_KEY))
         self.node_config = dict(node_config)
+        cap = node_config.get(CAP_KEY)
+        try:
+            self.cap = None if cap in (None, "") else float(cap)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise NodeConfigError(f"node config {CAP_KEY} = {cap!r} is not a number") from None
+        if self.cap is not None and not self.cap > 0:
+            raise NodeConfigError(f"node config {CAP_KEY} = {cap!r} must be > 0")
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, text: str) -> Config:
@@ -125,29 +134,102 @@ class Node:
         states = init.init_personal_states(rows.index + 1, cfg.federated.seed)
         return {k: v[rows.index].copy() for k, v in states.items()}
 
+    def privacy(self, cfg: Config, rows: UserRows):
+        """The node's own privacy: the run's plan, its own secret, its own ledger and cap.
+
+        ``None`` without DP. The plan is derived from the public configuration exactly as the
+        server derives it (and saved in the node directory); the noise and DP-SGD secret is
+        generated here and never leaves; the ledger under ``<node-dir>/privacy/`` charges
+        this user's spends with the cap from the node config (the plan's budget otherwise).
+        """
+        if not cfg.privacy or str(cfg.privacy.get("mode", "none")) == "none":
+            return None
+        from ffm_private.models import PERSONAL, SharedSpec, build_model, params_of
+        from ffm_private.pretrain import public_users
+        from ffm_private.privacy.client_secrets import SecretStore
+        from ffm_private.privacy.run import PRIVACY_DIR, RunPrivacy
+        from ffm_private.simulation import local_config
+        from protocols import registry
+
+        # caps come from the node, not from a file on the server; the node's secret is its own
+        raw = {k: v for k, v in cfg.privacy.items() if k not in ("per_user_caps_file",
+                                                                 "noise_seed")}
+        ids = [f"#{i}" for i in range(rows.n_users)]
+        ids[rows.index] = self.user
+        probe = build_model(cfg.model, rows.n_items, 1)
+        resume = (self.state.root / PRIVACY_DIR / "plan.json").exists()
+        priv = RunPrivacy.prepare(
+            raw, self.state.root, user_ids=ids, rounds=cfg.federated.rounds,
+            client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
+            resume=resume, train_sizes=[len(rows.train)] * rows.n_users,
+            local_cfg=local_config(cfg), has_personal=bool(params_of(probe, PERSONAL)),
+            public=public_users(rows.n_users, cfg.data.public_fraction, cfg.federated.seed))
+        assert priv is not None
+        options = dict(cfg.protocol.options)
+        priv.bind_protocol(registry.create(cfg.protocol.name, options),
+                           SharedSpec.of(probe).size)
+        if self.cap is not None:
+            priv.caps = {self.user: self.cap}
+        # resuming=False: start() would then insist on the server's secret, which a node never
+        # holds; the saved plan was reloaded above and the ledger reopens as it is
+        return priv.start(SecretStore(self.state.root), resuming=False)
+
     def train(self, config_text: str, round_id: int, shared: Mapping[str, np.ndarray],
               backbone: Mapping[str, np.ndarray] | None, backbone_digest: str
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """One local step; returns the shared update and what may be said about it."""
+        """One local step; returns the shared update and what may be said about it.
+
+        Under DP the node checks its own ledger first and declines (:class:`NodeRefusal`)
+        when the spend would exceed its cap, whatever the server asked; the spend is recorded
+        before the update is returned, and the update is the mechanism's output only.
+        """
         from ffm_private.client import ClientData, train_client
         from ffm_private.messages import GlobalModelMessage
         from ffm_private.simulation import local_config
 
         cfg = self.config(config_text)
-        if cfg.privacy and str(cfg.privacy.get("mode", "none")) != "none":
-            raise NodeRefusal(f"node for user {self.user}: privacy mode "
-                              f"{cfg.privacy.get('mode')!r} is not run on Flower nodes yet")
         rows = self.rows(cfg)
-        model = self._workspace(cfg, rows, backbone, backbone_digest)
-        message = GlobalModelMessage(round_id=round_id, shared=dict(shared))
-        result = train_client(model, message, self._personal(cfg, rows),
-                              ClientData(rows.index, rows.train, rows.excluded),
-                              local_config(cfg), cfg.federated.seed)
+        priv = self.privacy(cfg, rows)
+        try:
+            local = local_config(cfg)
+            generator = None
+            if priv is not None:
+                self._charge_eligibility(priv, rows, round_id)
+                if priv.example_dp is not None:
+                    local = dataclasses.replace(local, example_dp=priv.example_dp)
+                generator = priv.client_generator(round_id, rows.index)
+            model = self._workspace(cfg, rows, backbone, backbone_digest)
+            message = GlobalModelMessage(round_id=round_id, shared=dict(shared))
+            result = train_client(model, message, self._personal(cfg, rows),
+                                  ClientData(rows.index, rows.train, rows.excluded),
+                                  local, cfg.federated.seed, generator=generator)
+            delta = np.asarray(result.update.delta)
+            reply: dict[str, Any] = {"user": rows.index, "round": round_id}
+            if priv is None:
+                reply["num_examples"] = int(result.update.num_examples)
+                reply.update({k: float(v) for k, v in result.update.metrics.items()})
+            else:
+                released = priv.release(round_id, rows.index, delta, result.dp)
+                if released is None:  # nothing leaves; the personal state is discarded
+                    raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: "
+                                      "its own ledger says this spend would exceed its cap")
+                delta = np.asarray(released)
+        finally:
+            if priv is not None:
+                priv.close()
         self.state.save_personal(result.personal, round_id)
-        reply = {"user": rows.index, "round": round_id,
-                 "num_examples": int(result.update.num_examples),
-                 **{k: float(v) for k, v in result.update.metrics.items()}}
-        return {"delta": np.asarray(result.update.delta)}, reply
+        return {"delta": delta}, reply
+
+    def _charge_eligibility(self, priv: Any, rows: UserRows, round_id: int) -> None:
+        """Central noise charges every round a user is eligible: the node charges each round
+        up to this one (it cannot know when it was eligible, so it assumes always)."""
+        if priv.plan.charge_basis != "eligibility" or not priv.protected(rows.index):
+            return
+        events = priv.plan.charge_events()
+        for r in range(1, round_id + 1):
+            if not priv.ledger.charge(self.user, r, events).admitted:
+                raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: its "
+                                  f"own ledger says round {r}'s spend would exceed its cap")
 
     def evaluate(self, config_text: str, round_id: int, shared: Mapping[str, np.ndarray],
                  backbone: Mapping[str, np.ndarray] | None, backbone_digest: str

@@ -64,10 +64,12 @@ class FlowerRun(Simulation):
         self.round_timeout = round_timeout
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress)
         try:
-            if self.privacy is not None:
+            if self.privacy is not None and self.privacy.plan.mode == "user" and \
+                    self.privacy.plan.noise_placement != "central":
                 raise config_mod.ConfigError(
-                    f"privacy.mode = {cfg.privacy.get('mode')!r}: differential privacy is not "
-                    "run on Flower nodes yet; run it in-process (ffm-private train)")
+                    "privacy.noise_placement = 'distributed' needs a protocol that hides "
+                    "individual updates, which does not run on Flower nodes yet; use central "
+                    "noise or run in-process (ffm-private train)")
             if not self.protocol.reveals_individual_updates:
                 raise config_mod.ConfigError(
                     f"protocol.name = {cfg.protocol.name!r}: only the plaintext protocol runs "
@@ -124,9 +126,20 @@ class FlowerRun(Simulation):
 
     def run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
         f = self.cfg.federated
-        sampled = sample_clients(self.split.n_users, f.client_fraction, round_id, f.seed)
+        users = list(range(self.split.n_users))
+
+        def sample(pool: list[int]) -> list[int]:
+            return [pool[i] for i in sample_clients(len(pool), f.client_fraction, round_id, f.seed)]
+
+        declined: list[int] = []
+        if self.privacy is None:
+            sampled, pool_size = sample(users), len(users)
+        else:  # the server's mirror of the ledgers; each node enforces its own
+            selection = self.privacy.select(round_id, users, sample)
+            sampled, declined, pool_size = (list(selection.sampled), list(selection.declined),
+                                            selection.pool_size)
         server = Server(self.spec, state.shared, self.protocol, f.server_lr,
-                        averager=self._averager(self.split.n_users))
+                        averager=self._averager(pool_size))
         message = server.broadcast(round_id)
         reachable = [u for u in sampled if u in self.user_node]
         requests = [Request(self.user_node[u], "train", self._arrays(self.user_node[u],
@@ -142,7 +155,10 @@ class FlowerRun(Simulation):
             if reply is None:
                 continue
             if reply.error is not None:
-                refused[user] = reply.error
+                if "declined" in reply.error:
+                    declined.append(user)
+                else:
+                    refused[user] = reply.error
                 self._say(f"round {round_id}: node {node} (user {user}) refused: {reply.error}")
                 continue
             try:
@@ -152,6 +168,9 @@ class FlowerRun(Simulation):
                 self._say(f"round {round_id}: {err}")
                 continue
             self.node_backbone[node] = self.backbone_digest
+            if not self._mirror(user, round_id, update.delta):
+                declined.append(user)
+                continue
             updates[user] = update
             if "shared_loss" in reply.values:
                 losses.append(float(reply.values["shared_loss"]))
@@ -159,8 +178,8 @@ class FlowerRun(Simulation):
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
-        missing = len(sampled) - len(updates) - len(refused)
-        return {
+        missing = len(sampled) - len(updates) - len(refused) - len(set(declined) & set(sampled))
+        row = {
             "round": round_id,
             "sampled": len(sampled),
             "contributors": len(outcome.contributors),
@@ -172,6 +191,21 @@ class FlowerRun(Simulation):
             "update_norm": outcome.update_norm,
             "bytes_up": outcome.bytes_up,
         }
+        if self.privacy is not None:
+            row["declined"] = len(declined)
+            row["epsilon"] = self.privacy.epsilon_after_rounds(round_id)
+        return row
+
+    def _mirror(self, user: int, round_id: int, delta: np.ndarray) -> bool:
+        """Record a participation in the server's mirror ledger (the node recorded it first)."""
+        priv = self.privacy
+        if priv is None or priv.plan.charge_basis != "participation" or \
+                not priv.protected(user):
+            return True
+        from ffm_private.privacy.run import update_digest
+
+        return priv.ledger.charge(self.user_ids()[user], round_id, priv.plan.charge_events(),
+                                  digest=update_digest(delta)).admitted
 
     def _update(self, user: int, node: int, round_id: int, reply: Reply) -> ClientUpdate:
         """The node's update, checked: its user, its round, one finite vector of the right size."""

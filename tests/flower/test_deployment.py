@@ -54,3 +54,62 @@ def test_plaintext_flower_run_equals_the_in_process_run_and_leaves_no_process(tm
     # personal state: on the nodes only
     nodes = sorted((tmp_path / "flower.nodes").glob("user-*/personal.npz"))
     assert len(nodes) == 5
+
+
+def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path):
+    import queue
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    data = write_csv(tmp_path / "ratings.csv", 3)
+    path = tmp_path / "run.toml"
+    path.write_text(tiny_toml(data, tmp_path / "flower", rounds=50))
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "-m", "ffm_private.cli", "flower", "local",
+                             "--config", str(path), "--nodes", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    pids: list[int] = []
+    try:
+        end = time.monotonic() + 180
+        while time.monotonic() < end and not any("Successfully started run" in x for x in seen):
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            pids += [int(p) for p in re.findall(r"\(pid (\d+)\)", seen[-1])]
+        assert any("Successfully started run" in x for x in seen), "".join(seen)
+        assert len(pids) == 4  # the SuperLink and three SuperNodes
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 130
+        assert not [p for p in pids if alive(p)]
+    finally:
+        for pid in [proc.pid, *pids]:
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_tls_and_supernode_authentication_with_flowers_own_options(tmp_path):
+    """TLS on every connection and only registered SuperNode keys admitted: the run completes."""
+    from ffm_private.flower.certs import write_test_certificates
+    from ffm_private.flower.local import run_local
+
+    data = write_csv(tmp_path / "ratings.csv", 3)
+    path = tmp_path / "run.toml"
+    path.write_text(tiny_toml(data, tmp_path / "flower", rounds=1, eval_every=1))
+    tls = write_test_certificates(tmp_path / "certs", 3)
+    out = io.StringIO()
+    run_local(path, 3, timeout=480, round_timeout=240, out=out, tls=tls)
+    rows = metrics(tmp_path / "flower")
+    assert rows[0]["contributors"] == 3, out.getvalue()[-3000:]
+    log = out.getvalue()
+    assert "insecure" not in log.lower()
