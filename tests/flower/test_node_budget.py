@@ -45,6 +45,7 @@ def setup(tmp_path: Path, name: str, rounds: int):
     return path, nodes
 
 
+@pytest.mark.slow
 def test_node_refuses_past_its_own_cap_even_when_the_server_forgets_its_spends(tmp_path):
     protected = [u for u in range(6) if u not in set(public_users(6, 0.34, 5).tolist())]
     target_index = protected[0]
