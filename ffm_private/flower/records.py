@@ -29,3 +29,10 @@ def from_record(content: RecordDict) -> tuple[dict[str, dict[str, np.ndarray]], 
               for group, rec in content.array_records.items()}
     values = dict(content.config_records.get(VALUES, ConfigRecord()))
     return arrays, values
+
+
+def payload_bytes(arrays: Mapping[str, Mapping[str, np.ndarray]],
+                  values: Mapping[str, Any]) -> int:
+    """Bytes of a message's arrays and values (Flower's framing not counted)."""
+    return (sum(int(np.asarray(a).nbytes) for group in arrays.values() for a in group.values())
+            + sum(len(str(k)) + len(str(v)) for k, v in values.items()))

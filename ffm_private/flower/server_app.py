@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ffm_private import config as config_mod
 from ffm_private.flower.errors import FlowerDeploymentError
-from ffm_private.flower.records import from_record, to_record
+from ffm_private.flower.records import from_record, payload_bytes, to_record
 from ffm_private.flower.run import FlowerRun, Reply, Request
 
 app = ServerApp()
@@ -27,7 +27,8 @@ class GridTransport:
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.bytes_down = 0
+        self.bytes_down = 0  # payload bytes (arrays and values) sent to nodes
+        self.bytes_up = 0  # ... and received from them
 
     def nodes(self) -> list[int]:
         return sorted(int(n) for n in self.grid.get_node_ids())
@@ -35,6 +36,7 @@ class GridTransport:
     def exchange(self, requests: Sequence[Request], timeout: float) -> dict[int, Reply]:
         messages = [Message(to_record(r.arrays, r.values), dst_node_id=r.node,
                             message_type=r.kind) for r in requests]
+        self.bytes_down += sum(payload_bytes(r.arrays, r.values) for r in requests)
         out: dict[int, Reply] = {}
         for msg in self.grid.send_and_receive(messages, timeout=timeout):
             node = int(msg.metadata.src_node_id)
@@ -42,6 +44,7 @@ class GridTransport:
                 out[node] = Reply(node, error=f"node {node}: {msg.error.reason}")
                 continue
             arrays, values = from_record(msg.content)
+            self.bytes_up += payload_bytes(arrays, values)
             out[node] = Reply(node, arrays, values)
         return out
 
@@ -68,8 +71,10 @@ def main(grid: Grid, context: Context) -> None:
                                     "\"config='/path/run.toml'\")")
     cfg = config_mod.load(path)
     wait_for_nodes(grid, int(rc.get("min-nodes", 1)), float(rc.get("wait-s", 120.0)))
-    run = FlowerRun(cfg, GridTransport(grid), resume=bool(rc.get("resume", False)),
+    transport = GridTransport(grid)
+    run = FlowerRun(cfg, transport, resume=bool(rc.get("resume", False)),
                     overwrite=bool(rc.get("overwrite", False)),
                     round_timeout=float(rc.get("round-timeout-s", 300.0)))
     summary = run.run()
-    print(f"ffm-private: run written to {summary['run_dir']}", flush=True)
+    print(f"ffm-private: run written to {summary['run_dir']}; payload bytes to nodes "
+          f"{transport.bytes_down}, from nodes {transport.bytes_up}", flush=True)
