@@ -175,7 +175,8 @@ class Node:
         return priv.start(SecretStore(self.state.root), resuming=False)
 
     def train(self, config_text: str, round_id: int, shared: Mapping[str, np.ndarray],
-              backbone: Mapping[str, np.ndarray] | None, backbone_digest: str
+              backbone: Mapping[str, np.ndarray] | None, backbone_digest: str,
+              secagg_start: bytes | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """One local step; returns the shared update and what may be said about it.
 
@@ -198,6 +199,9 @@ class Node:
                 if priv.example_dp is not None:
                     local = dataclasses.replace(local, example_dp=priv.example_dp)
                 generator = priv.client_generator(round_id, rows.index)
+            if cfg.protocol.name == "secagg" and secagg_start is None:
+                raise NodeRefusal(f"node for user {self.user}: a SecAgg+ round must start with "
+                                  "the server's round_start message")
             model = self._workspace(cfg, rows, backbone, backbone_digest)
             message = GlobalModelMessage(round_id=round_id, shared=dict(shared))
             result = train_client(model, message, self._personal(cfg, rows),
@@ -218,7 +222,28 @@ class Node:
             if priv is not None:
                 priv.close()
         self.state.save_personal(result.personal, round_id)
+        if secagg_start is not None:  # the update stays here; only its masked form will leave
+            from ffm_private.flower.secagg import NodeSession
+
+            NodeSession(self.state.root, round_id).save_update(delta)
+            reply["secagg"] = self.secagg(config_text, round_id, "advertise_keys", secagg_start)
+            return {}, reply
         return {"delta": delta}, reply
+
+    def secagg(self, config_text: str, round_id: int, stage: str, payload: bytes) -> bytes:
+        """One SecAgg+ stage of this node's client (see :mod:`.secagg`)."""
+        from ffm_private.flower.secagg import NodeSession, node_stage
+        from ffm_private.privacy.client_secrets import SecretStore
+
+        cfg = self.config(config_text)
+        if cfg.protocol.name != "secagg":
+            raise NodeRefusal(f"node for user {self.user}: the run's protocol is "
+                              f"{cfg.protocol.name!r}, not secagg")
+        rows = self.rows(cfg)
+        secret = SecretStore(self.state.root).protocol_secret(rows.index, round_id)
+        return node_stage(NodeSession(self.state.root, round_id), stage, payload,
+                          client=rows.index, options=cfg.protocol.options,
+                          run_seed=cfg.federated.seed, secret=secret)
 
     def _charge_eligibility(self, priv: Any, rows: UserRows, round_id: int) -> None:
         """Central noise charges every round a user is eligible: the node charges each round
@@ -259,8 +284,14 @@ def handle(node: Node, kind: str, arrays: Mapping[str, Mapping[str, np.ndarray]]
     backbone = arrays.get("backbone")
     digest = str(values.get("backbone_digest", ""))
     if kind == "train":
-        update, reply = node.train(text, round_id, shared, backbone, digest)
-        return {"update": update}, reply
+        start = values.get("secagg")
+        update, reply = node.train(text, round_id, shared, backbone, digest,
+                                   None if start is None else bytes(start))
+        return ({"update": update} if update else {}), reply
+    if kind == "secagg":
+        out = node.secagg(text, round_id, str(values.get("stage", "")),
+                          bytes(values.get("payload", b"")))
+        return {}, {"round": round_id, "secagg": out}
     if kind == "evaluate":
         return {}, node.evaluate(text, round_id, shared, backbone, digest)
     raise NodeRefusal(f"node for user {node.user}: unknown request {kind!r}")

@@ -70,10 +70,10 @@ class FlowerRun(Simulation):
                     "privacy.noise_placement = 'distributed' needs a protocol that hides "
                     "individual updates, which does not run on Flower nodes yet; use central "
                     "noise or run in-process (ffm-private train)")
-            if not self.protocol.reveals_individual_updates:
+            if cfg.protocol.name not in ("plaintext", "secagg"):
                 raise config_mod.ConfigError(
-                    f"protocol.name = {cfg.protocol.name!r}: only the plaintext protocol runs "
-                    "on Flower nodes yet; run secure protocols in-process")
+                    f"protocol.name = {cfg.protocol.name!r}: plaintext and secagg run on Flower "
+                    "nodes; run the others in-process (ffm-private train)")
             self.config_text = config_mod.to_toml(cfg)
             self.backbone_digest = digest_arrays(self.backbone)
             self.user_node: dict[int, int] = {}
@@ -142,9 +142,18 @@ class FlowerRun(Simulation):
                         averager=self._averager(pool_size))
         message = server.broadcast(round_id)
         reachable = [u for u in sampled if u in self.user_node]
+        secagg = None
+        starts: dict[int, bytes] = {}
+        if self.cfg.protocol.name == "secagg" and reachable:
+            from ffm_private.flower.secagg_server import SecAggDriver
+
+            secagg = SecAggDriver(self, round_id, reachable)
+            starts = secagg.round_start()
         requests = [Request(self.user_node[u], "train", self._arrays(self.user_node[u],
                                                                       message.shared),
-                            self._values(round_id)) for u in reachable]
+                            {**self._values(round_id),
+                             **({"secagg": starts[u]} if u in starts else {})})
+                    for u in reachable]
         replies = self.transport.exchange(requests, self.round_timeout)
         updates: dict[int, ClientUpdate] = {}
         losses: list[float] = []
@@ -162,7 +171,8 @@ class FlowerRun(Simulation):
                 self._say(f"round {round_id}: node {node} (user {user}) refused: {reply.error}")
                 continue
             try:
-                update = self._update(user, node, round_id, reply)
+                update = (secagg.receive_start(user, node, reply) if secagg is not None
+                          else self._update(user, node, round_id, reply))
             except FlowerDeploymentError as err:
                 refused[user] = str(err)
                 self._say(f"round {round_id}: {err}")
@@ -174,6 +184,8 @@ class FlowerRun(Simulation):
             updates[user] = update
             if "shared_loss" in reply.values:
                 losses.append(float(reply.values["shared_loss"]))
+        if secagg is not None:  # the remaining stages; the sum is all the server learns
+            server.protocol = secagg.run_stages(updates)
         outcome = server.aggregate(round_id, updates, seed=f.seed)
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
