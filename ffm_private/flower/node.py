@@ -165,8 +165,7 @@ class Node:
             local_cfg=local_config(cfg), has_personal=bool(params_of(probe, PERSONAL)),
             public=public_users(rows.n_users, cfg.data.public_fraction, cfg.federated.seed))
         assert priv is not None
-        options = dict(cfg.protocol.options)
-        priv.bind_protocol(registry.create(cfg.protocol.name, options),
+        priv.bind_protocol(registry.create(cfg.protocol.name, protocol_options(cfg, priv)),
                            SharedSpec.of(probe).size)
         if self.cap is not None:
             priv.caps = {self.user: self.cap}
@@ -240,9 +239,16 @@ class Node:
             raise NodeRefusal(f"node for user {self.user}: the run's protocol is "
                               f"{cfg.protocol.name!r}, not secagg")
         rows = self.rows(cfg)
+        priv = self.privacy(cfg, rows)
+        try:
+            options = protocol_options(cfg, priv)
+            integer = priv is not None and priv.mechanism.encoding == "integer"
+        finally:
+            if priv is not None:
+                priv.close()
         secret = SecretStore(self.state.root).protocol_secret(rows.index, round_id)
         return node_stage(NodeSession(self.state.root, round_id), stage, payload,
-                          client=rows.index, options=cfg.protocol.options,
+                          client=rows.index, options=options, integer=integer,
                           run_seed=cfg.federated.seed, secret=secret)
 
     def _charge_eligibility(self, priv: Any, rows: UserRows, round_id: int) -> None:
@@ -271,6 +277,20 @@ class Node:
                                      for k, v in self._personal(cfg, rows).items()})
         ranks = user_ranks(model, rows, full_ranking=cfg.evaluation.full_ranking)
         return {"user": rows.index, "round": round_id, **ranks}
+
+
+def protocol_options(cfg: Config, priv: Any) -> dict[str, Any]:
+    """The protocol options as the server derives them (``Simulation._protocol_options``):
+    distributed noise turns the private statistic off and aborts below ``min_survivors``."""
+    from protocols import registry
+
+    options = dict(cfg.protocol.options)
+    if priv is not None and priv.plan.noise_placement == "distributed":
+        statistics = registry.protocol_class(cfg.protocol.name).private_statistics_option
+        if statistics:
+            options.setdefault(statistics, False)
+        options.setdefault("min_clients", priv.cfg.min_survivors)
+    return options
 
 
 def handle(node: Node, kind: str, arrays: Mapping[str, Mapping[str, np.ndarray]],

@@ -64,12 +64,6 @@ class FlowerRun(Simulation):
         self.round_timeout = round_timeout
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress)
         try:
-            if self.privacy is not None and self.privacy.plan.mode == "user" and \
-                    self.privacy.plan.noise_placement != "central":
-                raise config_mod.ConfigError(
-                    "privacy.noise_placement = 'distributed' needs a protocol that hides "
-                    "individual updates, which does not run on Flower nodes yet; use central "
-                    "noise or run in-process (ffm-private train)")
             if cfg.protocol.name not in ("plaintext", "secagg"):
                 raise config_mod.ConfigError(
                     f"protocol.name = {cfg.protocol.name!r}: plaintext and secagg run on Flower "
@@ -82,6 +76,12 @@ class FlowerRun(Simulation):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def dim(self) -> int:
+        """Length of what a node sends: the shared update plus the mechanism's coordinates."""
+        extra = self.privacy.mechanism.extra_coordinates if self.privacy is not None else 0
+        return self.spec.size + int(extra)
 
     # -- nodes ---------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -227,10 +227,10 @@ class FlowerRun(Simulation):
                 f"node {node} (user {user}) answered for user {values.get('user')!r}, round "
                 f"{values.get('round')!r}: rejected")
         delta = np.asarray(reply.arrays.get("update", {}).get("delta", np.zeros(0)))
-        if delta.shape != (self.spec.size,) or not np.all(np.isfinite(delta)):
+        if delta.shape != (self.dim,) or not np.all(np.isfinite(delta)):
             raise FlowerDeploymentError(
                 f"node {node} (user {user}) sent an update of shape {delta.shape} (expected "
-                f"({self.spec.size},), finite): rejected")
+                f"({self.dim},), finite): rejected")
         metrics = {k: float(values[k]) for k in ("personal_loss", "shared_loss") if k in values}
         return ClientUpdate(client_id=user, round_id=round_id, delta=delta,
                             num_examples=int(values.get("num_examples", 0)), metrics=metrics)

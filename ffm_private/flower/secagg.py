@@ -77,7 +77,8 @@ class NodeSession:
 
 
 def node_stage(session: NodeSession, stage: str, payload: bytes, *, client: int,
-               options: Mapping[str, Any], run_seed: int, secret: bytes) -> bytes:
+               options: Mapping[str, Any], run_seed: int, secret: bytes,
+               integer: bool = False) -> bytes:
     """Answer ``stage`` with ``payload`` from the server, rebuilding the client by replay."""
     from protocols.errors import ProtocolError
     from protocols.secagg.client import SecAggClient
@@ -102,7 +103,7 @@ def node_stage(session: NodeSession, stage: str, payload: bytes, *, client: int,
         raise NodeRefusal("SecAgg+ malicious-server mode does not run on Flower nodes yet")
     cl = SecAggClient(client, session.round_id, session.update(), options=opts,
                       run_seed=run_seed, secret=secret,
-                      entropy=KeyedEntropy(secret, session.round_id, client))
+                      entropy=KeyedEntropy(secret, session.round_id, client), integer=integer)
     steps = {"advertise_keys": cl.advertise_keys, "share_keys": cl.share_keys,
              "masked_input": cl.masked_input, "unmask": cl.unmask}
     try:

@@ -53,8 +53,10 @@ class SecAggDriver:
         self.run, self.round_id = run, round_id
         protocol = run.protocol
         self.protocol = protocol
-        self.server = SecAggServer(round_id, users, run.spec.size, protocol.options,
-                                   run_seed=run.cfg.federated.seed, replay=protocol._replay)
+        integer = run.privacy is not None and run.privacy.mechanism.encoding == "integer"
+        self.server = SecAggServer(round_id, users, run.dim, protocol.options,
+                                   run_seed=run.cfg.federated.seed, replay=protocol._replay,
+                                   integer=integer)
         self.bytes_up = 0
         self.rejected: dict[int, str] = {}
 

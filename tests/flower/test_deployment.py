@@ -113,3 +113,39 @@ def test_tls_and_supernode_authentication_with_flowers_own_options(tmp_path):
     assert rows[0]["contributors"] == 3, out.getvalue()[-3000:]
     log = out.getvalue()
     assert "insecure" not in log.lower()
+
+
+def test_secagg_run_survives_a_supernode_killed_mid_round(tmp_path):
+    """One SuperNode is killed once it has answered the first SecAgg+ stage of round 1."""
+    import signal
+    import threading
+    import time
+
+    from ffm_private.flower.local import run_local
+
+    data = write_csv(tmp_path / "ratings.csv", 5)
+    path = tmp_path / "run.toml"
+    path.write_text(tiny_toml(data, tmp_path / "flower", rounds=1, eval_every=1,
+                              extra='[protocol]\nname = "secagg"\n'))
+    victim_log = tmp_path / "flower.nodes" / "user-103" / "secagg" / "round-0001.json"
+    killed = threading.Event()
+
+    def kill_when_started(dep):
+        victim = dep.processes[3]  # SuperLink, then SuperNodes for users 101, 102, 103, ...
+
+        def watch():
+            end = time.monotonic() + 400
+            while time.monotonic() < end and not victim_log.exists():
+                time.sleep(0.2)
+            if victim_log.exists():
+                os.killpg(victim.pid, signal.SIGKILL)
+                killed.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    out = io.StringIO()
+    run_local(path, 5, timeout=560, round_timeout=150, out=out, on_started=kill_when_started)
+    assert killed.is_set(), out.getvalue()[-3000:]
+    row = metrics(tmp_path / "flower")[0]
+    assert row["aborted"] is None, out.getvalue()[-3000:]
+    assert row["contributors"] == 4 and row["dropped"] >= 1

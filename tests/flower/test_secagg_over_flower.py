@@ -141,3 +141,48 @@ def test_no_secagg_message_carries_a_plaintext_update(tmp_path):
         assert not [w for w in wins if len(set(w)) > 1 and w in everything]
     # the check can fail: the masked inputs the server received are in the recording
     assert len(everything) > 6 * 4 * updates[0].size
+
+
+DISTRIBUTED = '''[protocol]
+name = "secagg"
+options = {clip = 4.0}
+
+[privacy]
+mode = "user"
+noise_placement = "distributed"
+target_epsilon = 8.0
+delta = 0.01
+allow_large_delta = true
+clipping_norm = 0.5
+min_survivors = 3
+max_participations = 2
+'''
+
+
+@pytest.mark.slow
+def test_distributed_noise_each_node_adds_its_share_from_its_own_secret(tmp_path):
+    """User-level DP, distributed: each node clips, adds its noise share from its own secret
+    and charges its own ledger before its (masked) update leaves; the server holds no client
+    secret and learns only the noisy sum."""
+    import sqlite3
+
+    from ffm_private.pretrain import public_users
+
+    data = write_csv(tmp_path / "ratings.csv", 6)
+    path = tmp_path / "run.toml"
+    path.write_text(tiny_toml(data, tmp_path / "unused", extra=DISTRIBUTED))
+    FlowerRun(load(path, tmp_path / "flower"), FreshNodeTransport(tmp_path / "nodes"),
+              progress=False).run()
+    rows = metrics(tmp_path / "flower")
+    assert [r["contributors"] for r in rows] == [6, 6]
+    assert all(r["aborted"] is None for r in rows) and rows[-1]["epsilon"] <= 8.0
+    public = set(public_users(6, 0.34, 5).tolist())
+    for i in range(6):
+        user = str(101 + i)
+        node = tmp_path / "nodes" / user
+        assert (node / "clients" / str(i) / "secret.key").is_file()  # the node's own secret
+        with sqlite3.connect(node / "privacy" / "ledger.sqlite") as con:
+            charged = [r for (r,) in con.execute("SELECT round FROM spends WHERE user = ?",
+                                                 (user,))]
+        assert charged == ([] if i in public else [1, 2])
+    assert not list((tmp_path / "flower").glob("clients/*/secret.key"))
