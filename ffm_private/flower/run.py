@@ -62,12 +62,16 @@ class FlowerRun(Simulation):
                  round_timeout: float = 300.0) -> None:
         self.transport = transport
         self.round_timeout = round_timeout
+        if cfg.protocol.name not in ("plaintext", "secagg"):  # refused before any write
+            raise config_mod.ConfigError(
+                f"protocol.name = {cfg.protocol.name!r}: plaintext and secagg run on Flower "
+                "nodes; run the others in-process (ffm-private train)")
+        if cfg.protocol.options.get("malicious_server"):
+            raise config_mod.ConfigError(
+                "protocol.options.malicious_server = true does not run on Flower nodes yet; "
+                "run it in-process (ffm-private train)")
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress)
         try:
-            if cfg.protocol.name not in ("plaintext", "secagg"):
-                raise config_mod.ConfigError(
-                    f"protocol.name = {cfg.protocol.name!r}: plaintext and secagg run on Flower "
-                    "nodes; run the others in-process (ffm-private train)")
             self.config_text = config_mod.to_toml(cfg)
             self.backbone_digest = digest_arrays(self.backbone)
             self.user_node: dict[int, int] = {}
