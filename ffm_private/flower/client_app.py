@@ -39,6 +39,11 @@ def train(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "train")
 
 
+@app.train("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "secagg")
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     return _answer(msg, context, "evaluate")

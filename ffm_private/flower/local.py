@@ -224,10 +224,11 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
                                  "--run-config", run_config], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
         dep.processes.append(flwr)
-        _stream(flwr, out, timeout)
+        tail = _stream(flwr, out, timeout)
         if not (run_dir / "summary.json").exists():
             raise FlowerDeploymentError(f"the Flower run ended without writing "
-                                        f"{run_dir / 'summary.json'}; see the logs in {work}")
+                                        f"{run_dir / 'summary.json'}; the run's last output:\n"
+                                        f"{tail}")
         return run_dir
     finally:
         dep.stop()
@@ -252,14 +253,20 @@ def _register_nodes(dep: LocalDeployment, tls: Tls, count: int) -> None:
                                         f"{done.stdout[-500:]} {done.stderr[-500:]}")
 
 
-def _stream(proc: subprocess.Popen, out: IO[str], timeout: float) -> None:
-    """Copy the run's streamed log to ``out`` until it ends; a typed error past ``timeout``."""
+def _stream(proc: subprocess.Popen, out: IO[str], timeout: float) -> str:
+    """Copy the run's streamed log to ``out`` until it ends (a typed error past ``timeout``);
+    return its last lines."""
+    import collections
     import threading
+
+    last: collections.deque[str] = collections.deque(maxlen=40)
 
     def pump() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            out.write(raw.decode(errors="replace"))
+            line = raw.decode(errors="replace")
+            last.append(line)
+            out.write(line)
             out.flush()
 
     t = threading.Thread(target=pump, daemon=True)
@@ -270,6 +277,7 @@ def _stream(proc: subprocess.Popen, out: IO[str], timeout: float) -> None:
         raise FlowerDeploymentError(f"the Flower run did not finish within {timeout:g} s") \
             from None
     t.join(timeout=5)
+    return "".join(last)
 
 
 def _toml_str(value: object) -> str:

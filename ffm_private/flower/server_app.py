@@ -21,6 +21,10 @@ from ffm_private.flower.run import FlowerRun, Reply, Request
 
 app = ServerApp()
 
+#: Flower message types: the three categories, SecAgg+ stages as an action of ``train``.
+MESSAGE_TYPES = {"query": "query", "train": "train", "evaluate": "evaluate",
+                 "secagg": "train.secagg"}
+
 
 class GridTransport:
     """One Flower message per node per stage, through ``grid.send_and_receive``."""
@@ -35,7 +39,7 @@ class GridTransport:
 
     def exchange(self, requests: Sequence[Request], timeout: float) -> dict[int, Reply]:
         messages = [Message(to_record(r.arrays, r.values), dst_node_id=r.node,
-                            message_type=r.kind) for r in requests]
+                            message_type=MESSAGE_TYPES[r.kind]) for r in requests]
         self.bytes_down += sum(payload_bytes(r.arrays, r.values) for r in requests)
         out: dict[int, Reply] = {}
         for msg in self.grid.send_and_receive(messages, timeout=timeout):
