@@ -194,12 +194,13 @@ class FlowerRun(Simulation):
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
-        missing = len(sampled) - len(updates) - len(refused) - len(set(declined) & set(sampled))
+        # sampled users that never answered (no node, or silent): dropouts, counted once
+        missing = set(sampled) - set(updates) - set(refused) - set(declined)
         row = {
             "round": round_id,
             "sampled": len(sampled),
             "contributors": len(outcome.contributors),
-            "dropped": len(outcome.dropped) + missing,
+            "dropped": len(set(outcome.dropped) | missing),
             "rejected": len(outcome.rejected) + len(refused),
             "aborted": outcome.aborted,
             "noise_only": outcome.noise_only,
