@@ -162,6 +162,13 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
     ``on_started(deployment)`` (tests) is called once every process is up.
     """
     out = out or sys.stdout
+    import shutil
+
+    absent = [t for t in ("flower-superlink", "flower-supernode", "flwr")
+              if shutil.which(t) is None]
+    if absent:
+        raise FlowerDeploymentError(f"{', '.join(absent)} not found on PATH: install the flower "
+                                    "extra (pip install -e '.[flower]', flwr==1.41.0)")
     if nodes < 1:
         raise config_mod.ConfigError(f"--nodes must be >= 1 (got {nodes})")
     cfg = config_mod.load(config_path)
@@ -235,8 +242,6 @@ def run_local(config_path: str | Path, nodes: int, *, resume: bool = False,
         out.write(f"stopped {len(dep.processes)} processes\n")
         out.flush()
         if not keep_work and (run_dir / "summary.json").exists():
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
 
 

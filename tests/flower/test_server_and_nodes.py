@@ -126,3 +126,14 @@ def test_a_protocol_flower_cannot_run_is_refused_before_anything_is_written(tmp_
     with pytest.raises(ConfigError, match="protocol"):
         FlowerRun(load(path, tmp_path / "run"), LocalTransport({}), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_without_the_flower_extra_is_a_typed_error_naming_the_tools(monkeypatch):
+    import shutil
+
+    from ffm_private.flower.errors import FlowerDeploymentError
+    from ffm_private.flower.local import run_local
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(FlowerDeploymentError, match="flower-superlink.*flower extra"):
+        run_local("unused.toml", 2)
