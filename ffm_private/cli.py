@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ffm_private.tune import add_tune_command  # light: optuna loads when tune runs
 
     add_tune_command(sub)
+
+    from ffm_private.flower.cli import add_flower_command  # flwr loads when it runs
+
+    add_flower_command(sub)
     return parser
 
 
