@@ -271,6 +271,18 @@ def test_budget_arguments_the_fuzz_broke_are_refused(tmp_path, capsys, args, nam
     assert not any(tmp_path.iterdir())  # no plot written
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--run-dir", "{base}/done/config.toml", "--out", "b.npz"], "is a file, not a directory"),
+    (["--config", "{base}/run.toml", "--out", "{base}/adir"], "--out"),
+    (["--config", "{base}/run.toml", "--out", ""], "--out"),
+])
+def test_pretrain_arguments_the_fuzz_broke_are_refused(stubbed, capsys, args, named):
+    argv = ["pretrain", *(a.replace("{base}", str(stubbed)) for a in args)]
+    status, err = run_case(argv, capsys)
+    check(argv, status, err)
+    assert status == 2 and named in err, err
+
+
 # -- the real entry point --------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["train", "--set", "federated.lr=nan"],
