@@ -59,12 +59,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_file(flag: str, path: str) -> None:
+    """Refuse an output path that cannot be written as a file, before any work is done."""
+    from ffm_private.errors import FFMPrivateError
+
+    if not path.strip() or "\x00" in path:
+        raise FFMPrivateError(f"{flag} {path!r} is not a file name")
+    if Path(path).is_dir():
+        raise FFMPrivateError(f"{flag} {path} is a directory, not a file name")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ffm_private.errors import RunDirectoryError
     from ffm_private.pretrain import pretrain_backbone, public_users
     from ffm_private.simulation import load_split
     from ffm_private.storage import save_arrays
 
     cfg = _load(args)
+    _check_output_file("--out", args.out)
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise RunDirectoryError(f"run_dir {cfg.run_dir} is a file, not a directory")
     split = load_split(cfg, Path(cfg.run_dir))
     users = public_users(split.n_users, cfg.data.public_fraction, cfg.federated.seed)
     state = pretrain_backbone(cfg.model, cfg.pretrain, split, users,

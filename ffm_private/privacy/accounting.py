@@ -165,7 +165,8 @@ def _epsilon_cached(history: tuple[tuple[float, float, int], ...], delta: float,
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             eps = float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
-    except (ValueError, FloatingPointError, OverflowError, RuntimeError) as err:
+    except (ValueError, FloatingPointError, OverflowError, ZeroDivisionError, RuntimeError,
+            MemoryError) as err:  # e.g. a noise of 1e-300 or 10**9 steps: no usable bound
         raise AccountingError(f"{accountant} accountant failed for history {list(history)} "
                               f"at delta={delta}: {err}") from err
     if not math.isfinite(eps) or eps < 0:
@@ -226,7 +227,7 @@ def _noise_single(target: float, rate: float, steps: int, delta: float, accounta
                 target_epsilon=target, target_delta=delta, sample_rate=rate, steps=steps,
                 accountant=accountant, epsilon_tolerance=tolerance,
                 **_epsilon_kwargs(accountant))
-    except ValueError as err:
+    except (ValueError, ZeroDivisionError, OverflowError, MemoryError) as err:
         raise AccountingError(f"no noise multiplier <= {_MAX_NOISE:g} reaches epsilon={target} "
                               f"at delta={delta} (q={rate}, steps={steps}): {err}") from err
     return float(sigma)

@@ -473,10 +473,36 @@ def add_budget_command(subparsers: Any) -> argparse.ArgumentParser:
                    "example rate)")
     p.add_argument("--max-participations", type=int, default=None,
                    help="participation-charged modes: cap per user (default: rounds)")
-    p.add_argument("--points", type=int, default=8, help="rows in the table (default 8)")
+    p.add_argument("--points", type=_table_rows, default=8,
+                   help=f"rows in the table (default 8, at most {MAX_POINTS})")
     p.add_argument("--plot", metavar="PNG", help="also save epsilon against rounds here")
     p.set_defaults(func=cmd_budget)
     return p
+
+
+MAX_POINTS = 100
+"""Most rows ``budget`` computes: each PRV point can cost a few hundred milliseconds."""
+
+
+def _table_rows(text: str) -> int:
+    """``--points``: an integer in ``[1, MAX_POINTS]`` (argparse names the flag on error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= value <= MAX_POINTS:
+        raise argparse.ArgumentTypeError(f"{value} is not in [1, {MAX_POINTS}]")
+    return value
+
+
+def _check_plot_path(plot: str | None) -> None:
+    """Refuse a ``--plot`` target that cannot be a PNG file before any search runs."""
+    if plot is None:
+        return
+    if not plot.strip() or "\x00" in plot:
+        raise AccountingError(f"--plot {plot!r} is not a file name")
+    if Path(plot).is_dir():
+        raise AccountingError(f"--plot {plot} is a directory, not a PNG file name")
 
 
 def has_personal_parameters(model_cfg: Any) -> bool:
@@ -560,6 +586,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     from ffm_private.config import ConfigError, parse_override
 
     try:
+        _check_plot_path(args.plot)
         lines: list[str] = []
         if args.config:
             clash = [flag for k, flag in _MECHANISM_FLAGS.items()
@@ -589,7 +616,11 @@ def cmd_budget(args: argparse.Namespace) -> int:
     header = _header(kwargs)
     print("\n".join([*lines, budget_table(curves, header)]))
     if args.plot:
-        out = plot_epsilon_curves(curves, args.plot, header.splitlines()[0])
+        try:
+            out = plot_epsilon_curves(curves, args.plot, header.splitlines()[0])
+        except OSError as err:  # the table is printed; only the plot could not be written
+            print(f"error: --plot {args.plot}: {err.strerror or err}", file=sys.stderr)
+            return 2
         print(f"plot: {out}")
     return 0
 

@@ -7,6 +7,12 @@ POINT names what is counted; the process kills itself on the N-th occurrence:
   data      after the N-th synthetic data file is written (mid-generation)
   client    before the N-th client's local training (mid-round)
   charge    after the N-th durable ledger charge returns (committed, not yet released)
+  time      N milliseconds after the command starts (wherever the run happens to be)
+  none      never (a resume that needs the environment below)
+
+FFM_PRIVATE_TEST_SECRETS=<seed> derives every party's secret from that public seed, as
+``privacy.noise_seed`` does for DP runs, so two runs without DP (HE's stochastic rounding is
+keyed by the clients' secrets) are comparable bit for bit. Tests only: it protects nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 
 def _die() -> None:
@@ -35,9 +42,24 @@ def _counting(fn, n: int, after: bool):
     return wrapper
 
 
+def seed_secrets(seed: int) -> None:
+    """Make every run of this process derive its parties' secrets from ``seed``."""
+    import ffm_private.simulation as simulation
+
+    store = simulation.SecretStore
+
+    class Seeded(store):
+        def __init__(self, root, *, test_seed=None):
+            super().__init__(root, test_seed=seed if test_seed is None else test_seed)
+
+    simulation.SecretStore = Seeded
+
+
 def main() -> int:
     point, n = sys.argv[1], int(sys.argv[2])
     argv = sys.argv[sys.argv.index("--") + 1:]
+    if os.environ.get("FFM_PRIVATE_TEST_SECRETS"):
+        seed_secrets(int(os.environ["FFM_PRIVATE_TEST_SECRETS"]))
     if point == "write":
         import ffm_private.storage as storage
 
@@ -55,6 +77,12 @@ def main() -> int:
 
         PrivacyLedger.charge_many = _counting(PrivacyLedger.charge_many, n, after=True)
         PrivacyLedger.charge = _counting(PrivacyLedger.charge, n, after=True)
+    elif point == "none":
+        pass
+    elif point == "time":
+        timer = threading.Timer(n / 1000, _die)
+        timer.daemon = True
+        timer.start()
     else:
         raise SystemExit(f"unknown kill point {point!r}")
     from ffm_private.cli import main as cli_main

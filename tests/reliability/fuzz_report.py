@@ -1,11 +1,15 @@
 """Count fuzz outcomes for docs/reliability.md: ``python -m tests.reliability.fuzz_report``.
 
 Draws inputs from the same strategies as the fuzz tests and classifies each: accepted,
-refused with the project's typed error, or anything else (a bug). Prints one table.
+refused with the project's typed error, or anything else (a bug). Prints one table for the
+configuration and loaders, and one for CLI arguments (``--cli N`` for N cases per command).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
 import tempfile
 import time
@@ -89,5 +93,55 @@ def main(n: int = 300) -> None:
               f"{counts['typed error']} | {counts['other exception']} |")
 
 
+def cli_main(n: int = 100) -> None:
+    """CLI arguments per subcommand, through the same stubs and checks as the fuzz test."""
+    import torch
+
+    from ffm_private.data.synthetic import SyntheticConfig, generate_synthetic
+    from tests.reliability import test_cli_fuzz as cz
+
+    warnings.simplefilter("ignore", NonInteractiveExampleWarning)
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp())
+    generate_synthetic(tmp / "data", SyntheticConfig(n_users=80, n_items=150,
+                                                     n_interactions=4000, min_per_user=20,
+                                                     seed=0))
+    (tmp / "world").mkdir()
+    base = cz.build_world(tmp / "world", tmp / "data")
+    cz.install_stubs(setattr)
+    os.chdir(base / "cwd" / "deep")
+    print("| command | cases | exit 0 | exit 2, one-line message | anything else |")
+    print("|---|---|---|---|---|")
+    for command in cz.COMMANDS:
+        strategy, counts = cz.argv_for(base, command), Counter()
+        for _ in range(n):
+            cz.refresh(base)
+            argv = strategy.example()
+            out, err = io.StringIO(), io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                        cz.bounded(cz.LIMIT):
+                    status: object = cz.cli.main(argv)
+            except SystemExit as exit_:
+                status = exit_.code
+            except cz.Reached:
+                status = 0
+            except BaseException as exc:  # noqa: BLE001 - counted and shown: the bugs
+                print(f"  {argv!r}: {type(exc).__name__}: {exc}"[:300], file=sys.stderr)
+                counts["else"] += 1
+                continue
+            try:
+                cz.check(argv, status, err.getvalue())
+            except AssertionError:
+                print(f"  {argv!r}: status {status}: {err.getvalue()!r}"[:300], file=sys.stderr)
+                counts["else"] += 1
+                continue
+            counts[status] += 1
+        print(f"| {command} | {n} | {counts[0]} | {counts[2]} | {counts['else']} |")
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
+    if len(sys.argv) > 1 and sys.argv[1] == "--cli":
+        cli_main(int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
