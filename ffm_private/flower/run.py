@@ -70,6 +70,10 @@ class FlowerRun(Simulation):
             raise config_mod.ConfigError(
                 "protocol.options.malicious_server = true does not run on Flower nodes yet; "
                 "run it in-process (ffm-private train)")
+        if cfg.defense.kind != "none":  # the broadcast to nodes does not carry the basis yet
+            raise config_mod.ConfigError(
+                f"defense.kind = {cfg.defense.kind!r} does not run on Flower nodes yet; run it "
+                "in-process (ffm-private train)")
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress)
         try:
             self.config_text = config_mod.to_toml(cfg)

@@ -114,16 +114,19 @@ def test_a_node_for_an_unknown_user_refuses_naming_it(tiny, tmp_path):
         node.query(path.read_text())
 
 
-@pytest.mark.parametrize("protocol", ['name = "he"',
-                                      'name = "secagg"\noptions = {malicious_server = true}'])
-def test_a_protocol_flower_cannot_run_is_refused_before_anything_is_written(tmp_path, protocol):
+@pytest.mark.parametrize(("extra", "field"), [
+    ('[protocol]\nname = "he"\n', "protocol"),
+    ('[protocol]\nname = "secagg"\noptions = {malicious_server = true}\n', "protocol"),
+    ('[defense]\nkind = "subspace"\n', "defense.kind")])
+def test_a_setting_flower_cannot_run_is_refused_before_anything_is_written(tmp_path, extra,
+                                                                           field):
     from ffm_private.config import ConfigError
     from tests.flower.conftest import tiny_toml, write_csv
 
     data = write_csv(tmp_path / "ratings.csv", 6)
     path = tmp_path / "run.toml"
-    path.write_text(tiny_toml(data, tmp_path / "run", extra=f"[protocol]\n{protocol}\n"))
-    with pytest.raises(ConfigError, match="protocol"):
+    path.write_text(tiny_toml(data, tmp_path / "run", extra=extra))
+    with pytest.raises(ConfigError, match=field):
         FlowerRun(load(path, tmp_path / "run"), LocalTransport({}), progress=False)
     assert not (tmp_path / "run").exists()
 
