@@ -50,6 +50,7 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
+from attacks.registry import register_attack
 from ffm_private.privacy.mechanism import NULL_MECHANISM, ReleaseContext
 from ffm_private.privacy.mechanism import Mechanism as PrivMechanism
 
@@ -636,7 +637,7 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
 
     start = time.perf_counter()
     cfg, claim = ctx.cfg, ctx.claim
-    plan = _plan(cfg, ctx.run_dir)
+    plan = ctx.plan if getattr(ctx, "plan", None) is not None else _plan(cfg, ctx.run_dir)
     rounds = max(1, min(cfg.federated.rounds, max_rounds))
     delta_claim = claim.delta if claim.delta else 1e-5
     delta = audit_delta(delta_claim, canaries, beta)
@@ -702,6 +703,23 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
     return attack, result
 
 
+@register_attack("a6", title="empirical epsilon audit with canaries", per_view=False)
+def audit_canaries(ctx: Any, view: str, options: Any) -> list[Any]:
+    """A6 in an audit: the run's mechanism, or (``options.mechanism``) a planted-bug variant."""
+    from attacks.context import AuditError
+
+    mechanism = None
+    if options.mechanism:
+        plan = ctx.plan if getattr(ctx, "plan", None) is not None else _plan(ctx.cfg,
+                                                                              ctx.run_dir)
+        if plan is None or plan.mode != "user":
+            raise AuditError("a6 --mechanism needs a run with a user-level DP claim")
+        mechanism = BROKEN_MECHANISMS[options.mechanism](production_mechanism(ctx.cfg, plan))
+    result, _ = run_canary_audit(ctx, canaries=options.canaries, beta=options.beta,
+                                 max_rounds=options.a6_max_rounds, mechanism=mechanism)
+    return [result]
+
+
 def production_mechanism(cfg: Any, plan: Any) -> PrivMechanism:
     """The mechanism the run executes, from its config and plan (the run's own factory)."""
     if plan is None:
@@ -724,26 +742,20 @@ def scale_audit(release: ProductionRelease, plan: Any, *, dim: int, canaries: in
 
 
 def _plan(cfg: Any, run_dir: Any = None) -> Any:
-    """The run's privacy plan: the one it saved (``privacy/plan.json``), else rebuilt."""
+    """The run's privacy plan, as the read-only run view derives it, else from the config."""
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return None
+    if run_dir is not None and (Path(run_dir) / "config.toml").exists():
+        from ffm_private.run_view import RunView
+
+        with RunView.open(run_dir) as view:
+            return view.plan
     from ffm_private.privacy.config import PrivacyConfig
 
-    saved = None if run_dir is None else Path(run_dir) / "privacy" / "plan.json"
-    if saved is not None and saved.exists():
-        import json
-
-        from ffm_private.privacy.planner import PrivacyPlan
-
-        try:
-            return PrivacyPlan.from_dict(json.loads(saved.read_text()))
-        except (ValueError, TypeError):
-            pass
-
     try:
-        return PrivacyConfig.from_dict(raw).plan(rounds=cfg.federated.rounds,
-                                                 client_rate=cfg.federated.client_fraction)
+        return PrivacyConfig.from_dict(raw).run_plan(rounds=cfg.federated.rounds,
+                                                     client_rate=cfg.federated.client_fraction)
     except (ValueError, TypeError):
         return None
 
