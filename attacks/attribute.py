@@ -19,6 +19,7 @@ achieves), each with a bootstrap interval over private users.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from attacks.classifier import fit_logistic_cv
 from attacks.context import VIEW_TEXT, AuditContext, AuditError
 from attacks.features import ViewFeatures, view_features, without
 from attacks.metrics import balanced_accuracy, bootstrap, macro_auc
+from attacks.registry import register_attack
 
 TITLE = "A3 attribute inference"
 OBSERVES = ("the view's observations of every user, the item embeddings of the released "
@@ -149,6 +151,16 @@ def run_attribute_inference(ctx: AuditContext, view: str, *, attributes: list[st
             seconds=time.perf_counter() - start))
         start = time.perf_counter()  # the next attribute's time is its own
     return results
+
+
+@register_attack("a3", title="attribute inference")
+def audit_attribute_inference(ctx: AuditContext, view: str, options: Any) -> list[AttackResult]:
+    """A3 in an audit: the attribute attacker, then the adaptive one that knows the projection."""
+    from attacks.subspace import run_adaptive_attribute_inference
+
+    results = run_attribute_inference(ctx, view, bootstrap_rounds=options.bootstrap)
+    return results + run_adaptive_attribute_inference(ctx, view,
+                                                      bootstrap_rounds=options.bootstrap)
 
 
 __all__ = ["TITLE", "decide_note", "run_attribute_inference", "user_features",

@@ -15,13 +15,11 @@ from typing import Any
 from attacks.base import FAIL, NOT_APPLICABLE, AttackResult, Verdict
 from attacks.context import VIEWS, AuditContext, AuditError
 from attacks.features import torch_threads
+from attacks.registry import attack, attack_names
 
-ATTACKS = ("a1", "a2", "a3", "a4", "a5", "a6")
-ATTACK_NAMES = {
-    "a1": "item-set inference", "a2": "interaction-level membership inference",
-    "a3": "attribute inference", "a4": "linkage across rounds",
-    "a5": "personality reconstruction", "a6": "empirical epsilon audit with canaries",
-}
+#: The registered attacks (``attacks.registry``), sorted, and their titles.
+ATTACKS = attack_names()
+ATTACK_NAMES = {name: attack(name).title for name in ATTACKS}
 
 
 @dataclass(frozen=True)
@@ -43,9 +41,10 @@ class AuditOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.attacks) - set(ATTACKS))
+        known = attack_names()
+        unknown = sorted(set(self.attacks) - set(known))
         if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
+            raise ValueError(f"unknown attack(s) {unknown}; choose from {list(known)}")
         bad = sorted(set(self.views) - set(VIEWS))
         if bad:
             raise ValueError(f"unknown view(s) {bad}; choose from {list(VIEWS)}")
@@ -95,60 +94,22 @@ def run_audit(run: str | Path | AuditContext, options: AuditOptions = AuditOptio
             observation={"rounds": ctx.log.rounds, "bytes": ctx.log.bytes_on_disk(),
                          "reveals_individual": ctx.log.manifest.get("reveals_individual"),
                          "targets": len(ctx.targets()), "shadows": len(ctx.shadows())})
-        jobs = [(a, v) for a in options.attacks if a != "a6" for v in options.views]
-        if "a6" in options.attacks:
-            jobs.append(("a6", "mechanism"))
+        per_view = [a for a in options.attacks if attack(a).per_view]
+        jobs = [(a, v) for a in per_view for v in options.views]
+        jobs += [(a, "mechanism") for a in options.attacks if not attack(a).per_view]
         bar = tqdm(jobs, desc="audit", disable=not options.progress, unit="attack")
-        for attack, view in bar:
-            bar.set_postfix_str(f"{attack} {view}")
+        for name, view in bar:
+            bar.set_postfix_str(f"{name} {view}")
             try:
-                report.results.extend(_run_one(ctx, attack, view, options))
+                report.results.extend(attack(name).run(ctx, view, options))
             except AuditError as err:
-                report.skipped.append({"attack": attack, "view": view, "reason": str(err)})
+                report.skipped.append({"attack": name, "view": view, "reason": str(err)})
                 report.results.append(AttackResult(
-                    attack=attack.upper(), title=f"{attack.upper()} {ATTACK_NAMES[attack]}",
+                    attack=name.upper(), title=f"{name.upper()} {attack(name).title}",
                     view=view, threat_model="", observes="", headline="", estimate=None,
                     reference=None, verdict=Verdict(NOT_APPLICABLE, str(err))))
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _run_one(ctx: AuditContext, attack: str, view: str, o: AuditOptions) -> list[AttackResult]:
-    if attack == "a1":
-        from attacks.item_inference import run_item_inference
-
-        return [run_item_inference(ctx, view, bootstrap_rounds=o.bootstrap)]
-    if attack == "a2":
-        from attacks.membership import run_membership
-
-        return [run_membership(ctx, view, users=o.a2_users, pool=o.a2_pool,
-                               shadows=o.a2_shadows, bootstrap_rounds=o.bootstrap)]
-    if attack == "a3":
-        from attacks.attribute import run_attribute_inference
-        from attacks.subspace import run_adaptive_attribute_inference
-
-        results = run_attribute_inference(ctx, view, bootstrap_rounds=o.bootstrap)
-        return results + run_adaptive_attribute_inference(ctx, view,
-                                                          bootstrap_rounds=o.bootstrap)
-    if attack == "a4":
-        from attacks.linkage import run_linkage
-
-        return [run_linkage(ctx, view, bootstrap_rounds=o.bootstrap)]
-    if attack == "a5":
-        from attacks.reconstruction import run_reconstruction
-
-        return [run_reconstruction(ctx, view, bootstrap_rounds=o.bootstrap)]
-    from attacks.canaries import BROKEN_MECHANISMS, _plan, production_mechanism, run_canary_audit
-
-    mechanism = None
-    if o.mechanism:
-        plan = _plan(ctx.cfg, ctx.run_dir)
-        if plan is None or plan.mode != "user":
-            raise AuditError("a6 --mechanism needs a run with a user-level DP claim")
-        mechanism = BROKEN_MECHANISMS[o.mechanism](production_mechanism(ctx.cfg, plan))
-    result, _ = run_canary_audit(ctx, canaries=o.canaries, beta=o.beta,
-                                 max_rounds=o.a6_max_rounds, mechanism=mechanism)
-    return [result]
 
 
 __all__ = ["ATTACKS", "ATTACK_NAMES", "AuditOptions", "AuditReport", "run_audit"]

@@ -50,6 +50,7 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
 
+from attacks.registry import register_attack
 from ffm_private.privacy.errors import InsufficientNoiseError
 from ffm_private.privacy.mechanism import NULL_MECHANISM, NothingToRelease, ReleaseContext
 from ffm_private.privacy.mechanism import Mechanism as PrivMechanism
@@ -638,12 +639,14 @@ __all__ = [
 # -- A6 on a run ---------------------------------------------------------------------------------
 def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BETA,
                      max_rounds: int = 50, mechanism: Mechanism | None = None,
+                     planted_bug: str | None = None,
                      background_clients: int = 256, background_dim: int = 1024
                      ) -> tuple[Any, CanaryResult]:
     """A6 for a run (``ctx``: an :class:`attacks.context.AuditContext`).
 
     User-level or no DP: canary clients through the run's mechanism (``mechanism`` overrides
-    it, e.g. a broken variant), for the first ``min(rounds, max_rounds)`` rounds, against the
+    it; ``planted_bug`` names a :data:`BROKEN_MECHANISMS` wrapper of the bound production
+    mechanism), for the first ``min(rounds, max_rounds)`` rounds, against the
     plan's epsilon after those rounds, restated at :func:`audit_delta`. Example-level DP:
     canary interactions through the run's client algorithm (:class:`InteractionCanaryAudit`).
     Returns the :class:`~attacks.base.AttackResult` and the raw :class:`CanaryResult`.
@@ -654,7 +657,7 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
 
     start = time.perf_counter()
     cfg, claim = ctx.cfg, ctx.claim
-    plan = _plan(cfg, ctx.run_dir)
+    plan = ctx.plan if getattr(ctx, "plan", None) is not None else _plan(cfg, ctx.run_dir)
     rounds = max(1, min(cfg.federated.rounds, max_rounds))
     delta_claim = claim.delta if claim.delta else 1e-5
     delta = audit_delta(delta_claim, canaries, beta)
@@ -674,6 +677,8 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
         rows, width = background.shape
         production = production_mechanism(cfg, plan, dim=width + canary_dim(canaries),
                                           max_clients=rows + canaries)
+        if planted_bug is not None:  # a wrapper of the bound production mechanism
+            production = BROKEN_MECHANISMS[planted_bug](production)
         chosen = production if mechanism is None else mechanism
         release = ProductionRelease(chosen, pool_size=ctx.split.n_users - len(ctx.public))
         if claim.claimed:
@@ -720,6 +725,22 @@ def run_canary_audit(ctx: Any, *, canaries: int = 1000, beta: float = DEFAULT_BE
                "Gaussian estimate (Andrew et al. 2024) is a diagnostic, not a bound"],
         seconds=time.perf_counter() - start)
     return attack, result
+
+
+@register_attack("a6", title="empirical epsilon audit with canaries", per_view=False)
+def audit_canaries(ctx: Any, view: str, options: Any) -> list[Any]:
+    """A6 in an audit: the run's mechanism, or (``options.mechanism``) a planted-bug variant."""
+    from attacks.context import AuditError
+
+    if options.mechanism:
+        plan = ctx.plan if getattr(ctx, "plan", None) is not None else _plan(ctx.cfg,
+                                                                              ctx.run_dir)
+        if plan is None or plan.mode != "user":
+            raise AuditError("a6 --mechanism needs a run with a user-level DP claim")
+    result, _ = run_canary_audit(ctx, canaries=options.canaries, beta=options.beta,
+                                 max_rounds=options.a6_max_rounds,
+                                 planted_bug=options.mechanism or None)
+    return [result]
 
 
 def production_mechanism(cfg: Any, plan: Any, *, dim: int = 0,
@@ -769,26 +790,20 @@ def scale_audit(release: ProductionRelease, plan: Any, *, dim: int, canaries: in
 
 
 def _plan(cfg: Any, run_dir: Any = None) -> Any:
-    """The run's privacy plan: the one it saved (``privacy/plan.json``), else rebuilt."""
+    """The run's privacy plan, as the read-only run view derives it, else from the config."""
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return None
+    if run_dir is not None and (Path(run_dir) / "config.toml").exists():
+        from ffm_private.run_view import RunView
+
+        with RunView.open(run_dir) as view:
+            return view.plan
     from ffm_private.privacy.config import resolved_privacy
 
-    saved = None if run_dir is None else Path(run_dir) / "privacy" / "plan.json"
-    if saved is not None and saved.exists():
-        import json
-
-        from ffm_private.privacy.planner import PrivacyPlan
-
-        try:
-            return PrivacyPlan.from_dict(json.loads(saved.read_text()))
-        except (ValueError, TypeError):
-            pass
-
     try:
-        return resolved_privacy(cfg).plan(rounds=cfg.federated.rounds,
-                                          client_rate=cfg.federated.client_fraction)
+        return resolved_privacy(cfg).run_plan(rounds=cfg.federated.rounds,
+                                              client_rate=cfg.federated.client_fraction)
     except (ValueError, TypeError):
         return None
 

@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ffm_private import config as config_mod
-from ffm_private.config import Config
+from ffm_private.config import Config, ConfigError
 from ffm_private.data import LeaveOneOutSplit
 from ffm_private.observation import ObservationLog, RoundObservation
 
@@ -82,8 +81,13 @@ class Claim:
         return dataclasses.asdict(self)
 
 
-def claim_from_config(cfg: Config) -> Claim:
-    """The run's claim from its ``[privacy]`` table (noise searched as the plan does)."""
+def claim_from_config(cfg: Config, plan: Any = None) -> Claim:
+    """The run's claim from its ``[privacy]`` table and its plan.
+
+    ``plan`` is the run's own (:attr:`ffm_private.run_view.RunView.plan`, the derivation the
+    run itself uses); without it the plan is searched from the config where it can be, else
+    the configured target is stated.
+    """
     raw = dict(cfg.privacy or {})
     if not raw or raw.get("mode", "none") == "none":
         return Claim()
@@ -93,11 +97,13 @@ def claim_from_config(cfg: Config) -> Claim:
     pc = PrivacyConfig.from_dict(raw)
     f = cfg.federated
     epsilon, sigma = (pc.target_epsilon or None), (pc.noise_multiplier or None)
-    try:  # ``auto`` accountant and distributed noise resolved as the run resolves them
-        plan = resolved_privacy(cfg).plan(rounds=f.rounds, client_rate=f.client_fraction)
+    if plan is None:
+        try:  # ``auto`` accountant and distributed noise resolved as the run resolves them
+            plan = resolved_privacy(cfg).run_plan(rounds=f.rounds, client_rate=f.client_fraction)
+        except (ConfigError, ValueError, TypeError):  # example level needs the
+            plan = None  # client's DP-SGD figures: keep the target
+    if plan is not None:
         epsilon, sigma = plan.epsilon, plan.noise_multiplier
-    except (config_mod.ConfigError, ValueError, TypeError):
-        pass  # example-level plans need the client's DP-SGD figures: keep the target
     hides = not protocol_class(cfg.protocol.name).reveals_individual_updates
     if pc.mode == "user" and pc.noise_placement == "central":
         covers: tuple[str, ...] = ("public",)
@@ -131,30 +137,35 @@ class AuditContext:
     claim: Claim = field(default_factory=Claim)
     run_dir: Path | None = None
     progress: bool = False
+    #: The run's privacy plan and client configuration (from the run view; ``None``: derive
+    #: from the config, for contexts built directly).
+    plan: Any = None
+    local_cfg: Any = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, *, seed: int = 0, progress: bool = False,
                  log: ObservationLog | None = None) -> AuditContext:
-        """Load a finished (or interrupted) run directory."""
-        from ffm_private.pretrain import public_users
-        from ffm_private.simulation import load_split
-        from ffm_private.storage import load_arrays
+        """Load a finished (or interrupted) run directory, read-only (see :class:`RunView`)."""
+        from ffm_private.errors import RunDirectoryError
+        from ffm_private.run_view import RunView
 
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.toml"
-        if not config_path.exists():
+        if not (run_dir / "config.toml").exists():
             raise AuditError(f"{run_dir} is not a run directory (no config.toml)")
-        cfg = config_mod.load(config_path)
-        split = load_split(cfg, run_dir)
-        backbone_path = Path(cfg.pretrain.checkpoint or run_dir / "checkpoints" / "backbone.npz")
-        backbone = load_arrays(backbone_path) if backbone_path.exists() else {}
-        log = log or ObservationLog.open(run_dir)
-        truth = load_ground_truth(cfg, run_dir, split)
-        public = public_users(split.n_users, cfg.data.public_fraction, cfg.federated.seed)
-        return cls(cfg=cfg, split=split, truth=truth, log=log, backbone=backbone, public=public,
-                   seed=seed, claim=claim_from_config(cfg), run_dir=run_dir, progress=progress)
+        try:
+            view = RunView.open(run_dir)
+        except RunDirectoryError as err:
+            raise AuditError(str(err)) from None
+        with view:
+            log = log or view.observations()
+            truth = load_ground_truth(view.cfg, run_dir, view.split)
+            plan, local = view.plan, view.local_cfg
+        return cls(cfg=view.cfg, split=view.split, truth=truth, log=log,
+                   backbone=view.backbone, public=view.public, seed=seed,
+                   claim=claim_from_config(view.cfg, plan), run_dir=run_dir, progress=progress,
+                   plan=plan, local_cfg=local)
 
     def with_log(self, log: ObservationLog, claim: Claim | None = None) -> AuditContext:
         """The same run seen through another observation log (a what-if audit)."""
@@ -203,21 +214,29 @@ class AuditContext:
             self._cache["popularity"] = counts
         return self._cache["popularity"]
 
+    def model_class(self) -> Any:
+        """The run's model class (the config names the public algorithm): its declared layout."""
+        from ffm_private.models import model_class
+
+        return model_class(self.cfg.model.kind)
+
     def item_embeddings(self) -> np.ndarray:
-        """Item vectors the attacker knows: the backbone's, else the released shared table."""
+        """Item vectors the attacker knows: the table the model declares it scores items with.
+
+        Read from the backbone when the model keeps it frozen, else from the released shared
+        state (the final global model, or the last recorded round's).
+        """
         if "item_emb" not in self._cache:
-            n = self.n_items
+            name = self.model_class().item_embedding
             table = None
-            for source in (self.backbone, self._released_state()):
-                for name, arr in source.items():
-                    if arr.ndim == 2 and arr.shape[0] in (n, n + 1) and arr.shape[1] > 1 \
-                            and "emb" in name:
-                        table = np.asarray(arr[:n], dtype=np.float64)
+            if name is not None:
+                for source in (self.backbone, self._released_state()):
+                    if name in source:
+                        table = np.asarray(source[name][:self.n_items], dtype=np.float64)
                         break
-                if table is not None:
-                    break
             if table is None:
-                raise AuditError("no item embedding table among the released artefacts")
+                raise AuditError(f"model {self.cfg.model.kind!r}: its item embedding table "
+                                 f"({name}) is not among the released artefacts")
             self._cache["item_emb"] = table
         return self._cache["item_emb"]
 
@@ -269,8 +288,8 @@ def load_ground_truth(cfg: Config, run_dir: Path, split: LeaveOneOutSplit) -> Gr
     names: dict[str, list[str]] = {}
     traits = factors = None
     data_path = Path(cfg.data.path) if cfg.data.path else run_dir / "data"
-    if cfg.data.kind in ("synthetic", "movielens-100k", "movielens-1m"):
-        interactions = load_dataset(cfg.data.kind, data_path)
+    if cfg.data.kind != "csv":  # a csv file carries no user attributes
+        interactions = load_dataset(cfg.data.kind, data_path, cfg.data)
         attributes = {k: np.asarray(v)[users] for k, v in interactions.user_attributes.items()}
         names = {k: list(v) for k, v in interactions.attribute_names.items()}
         if cfg.data.kind == "synthetic":

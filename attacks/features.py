@@ -31,12 +31,13 @@ _SCORE_TAG, _SKETCH_TAG, _PERSONAL_TAG = 0xA1, 0x5C, 0x9E
 
 
 def item_tables(ctx: AuditContext) -> dict[str, tuple[int, int]]:
-    """Shared tensors holding one row per item: name -> (offset in the flat vector, width)."""
+    """Shared tensors holding one row per item, as the model declares them (``item_rows``):
+    name -> (offset in the flat vector, width)."""
+    declared = set(ctx.model_class().item_rows)
     out, offset = {}, 0
-    n = ctx.n_items
     for name, shape in zip(ctx.log.spec.names, ctx.log.spec.shapes, strict=True):
         size = int(np.prod(shape))
-        if len(shape) >= 1 and shape[0] in (n, n + 1) and "item" in name:
+        if name in declared:
             out[name] = (offset, size // shape[0])
         offset += size
     return out

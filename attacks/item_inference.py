@@ -15,6 +15,7 @@ user the same scores: it says something about everyone, nothing about this user)
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from attacks.classifier import fit_logistic
 from attacks.context import VIEW_TEXT, AuditContext, AuditError
 from attacks.features import view_features, zscore
 from attacks.metrics import auc, mean_interval, precision_recall_at_k, roc_curve
+from attacks.registry import register_attack
 
 TITLE = "A1 item-set inference"
 OBSERVES = ("the view's observations of the user (update vectors or sums), the broadcast "
@@ -151,6 +153,12 @@ def run_item_inference(ctx: AuditContext, view: str, *, ks: tuple[int, ...] = (1
                  "rounds_per_user": float(np.mean([len(feats.rounds_of(u)) for u in users]))},
         curves={"A1 pooled": (fpr, tpr)}, covered_by_claim=covered, notes=notes,
         seconds=time.perf_counter() - start)
+
+
+@register_attack("a1", title="item-set inference")
+def audit_item_inference(ctx: AuditContext, view: str, options: Any) -> list[AttackResult]:
+    """A1 in an audit (``options``: the audit's :class:`~attacks.audit.AuditOptions`)."""
+    return [run_item_inference(ctx, view, bootstrap_rounds=options.bootstrap)]
 
 
 __all__ = ["TITLE", "derangement", "run_item_inference"]

@@ -11,6 +11,7 @@ reciprocal rank, over users observed in both rounds of each consecutive pair of 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from attacks.base import AttackResult, judge
 from attacks.context import VIEW_TEXT, AuditContext, AuditError
 from attacks.features import view_features
 from attacks.metrics import mean_interval
+from attacks.registry import register_attack
 
 TITLE = "A4 linkage across rounds"
 OBSERVES = "the view's observations of two recorded rounds, without the senders' identities"
@@ -74,6 +76,12 @@ def run_linkage(ctx: AuditContext, view: str, *, bootstrap_rounds: int = 200) ->
         covered_by_claim=covered,
         notes=["similarity: cosine of sketched vectors minus the round mean; ties split evenly"],
         seconds=time.perf_counter() - start)
+
+
+@register_attack("a4", title="linkage across rounds")
+def audit_linkage(ctx: AuditContext, view: str, options: Any) -> list[AttackResult]:
+    """A4 in an audit (``options``: the audit's :class:`~attacks.audit.AuditOptions`)."""
+    return [run_linkage(ctx, view, bootstrap_rounds=options.bootstrap)]
 
 
 __all__ = ["TITLE", "match", "run_linkage"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from attacks.base import AttackResult, judge
 from attacks.context import VIEW_TEXT, AuditContext, AuditError, view_vector
 from attacks.features import scorers_for, zscore
 from attacks.metrics import auc, bootstrap, roc_curve, tpr_at_fpr
+from attacks.registry import register_attack
 
 TITLE = "A2 interaction-level membership inference"
 OBSERVES = ("the view's observation of the user's upload in one round, the broadcast state, "
@@ -74,20 +76,11 @@ class _Simulator:
     def _client_config(self, plain):
         """The run's client configuration: with example-level DP, its DP-SGD settings.
 
-        They come from the run's saved plan, rebuilt as the run itself does on resume (the
-        client algorithm is public; the clients' secret generators are not: the attacker
-        draws its own).
+        They come from the run's saved plan, read by the read-only run view (the client
+        algorithm is public; the clients' secret generators are not: the attacker draws its
+        own).
         """
-        if self.ctx.claim.mode != "example" or self.ctx.run_dir is None:
-            return plain
-        from ffm_private.simulation import Simulation
-
-        sim = Simulation(self.ctx.cfg, resume=True, progress=False)
-        try:
-            return sim.local_cfg
-        finally:
-            if sim.privacy is not None:
-                sim.privacy.close()
+        return self.ctx.local_cfg if self.ctx.local_cfg is not None else plain
 
     def __call__(self, items: np.ndarray, tag: int) -> np.ndarray:
         import torch
@@ -245,6 +238,13 @@ def _lira(ctx: AuditContext, sim: _Simulator, scorer, items: np.ndarray, raw: np
     m_out = np.array([mu_out[int(i)] for i in item_of])
     return (-0.5 * ((raw - m_in) / sd_in) ** 2 - np.log(sd_in)
             + 0.5 * ((raw - m_out) / sd_out) ** 2 + np.log(sd_out))
+
+
+@register_attack("a2", title="interaction-level membership inference")
+def audit_membership(ctx: AuditContext, view: str, options: Any) -> list[AttackResult]:
+    """A2 in an audit (``options``: the audit's :class:`~attacks.audit.AuditOptions`)."""
+    return [run_membership(ctx, view, users=options.a2_users, pool=options.a2_pool,
+                           shadows=options.a2_shadows, bootstrap_rounds=options.bootstrap)]
 
 
 __all__ = ["TITLE", "run_membership"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from attacks.base import AttackResult, judge
 from attacks.context import VIEW_TEXT, AuditContext, AuditError
 from attacks.features import view_features, without, zscore
 from attacks.metrics import cosine, mean_interval, spearman
+from attacks.registry import register_attack
 
 TITLE = "A5 personality reconstruction"
 OBSERVES = "the view's observations of the user and the released artefacts"
@@ -129,6 +131,12 @@ def run_reconstruction(ctx: AuditContext, view: str, *, bootstrap_rounds: int = 
         notes=["prediction: the inferred item profile projected through the known item "
                "embeddings; baseline: the same for public popularity"],
         seconds=time.perf_counter() - start)
+
+
+@register_attack("a5", title="personality reconstruction")
+def audit_reconstruction(ctx: AuditContext, view: str, options: Any) -> list[AttackResult]:
+    """A5 in an audit (``options``: the audit's :class:`~attacks.audit.AuditOptions`)."""
+    return [run_reconstruction(ctx, view, bootstrap_rounds=options.bootstrap)]
 
 
 __all__ = ["TITLE", "personal_effects", "run_reconstruction"]

@@ -91,22 +91,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ffm_private.errors import RunDirectoryError
-    from ffm_private.simulation import Simulation
+    from ffm_private.run_view import RunView
 
-    config_path = Path(args.run) / "config.toml"
-    if not config_path.exists():
-        raise RunDirectoryError(f"{args.run} holds no run (no config.toml)")
-    cfg = config_mod.load(config_path, {"run_dir": args.run})
-    sim = Simulation(cfg, progress=False, evaluate_only=True)  # reads only; never pretrains
-    try:
-        state = sim.load_checkpoint()
+    with RunView.open(args.run) as view:  # reads only: never pretrains, locks or writes
+        state = view.checkpoint()
         if state is None:
             print(f"error: {args.run} has no checkpoint to evaluate", file=sys.stderr)
             return 2
-        metrics: dict[str, Any] = {"round": state.round_id, **sim.evaluate(state)}
-    finally:
-        sim.close()
+        metrics: dict[str, Any] = {"round": state.round_id, **view.evaluate(state)}
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -65,7 +65,7 @@ class DataConfig:
     csv_delimiter: str = _f(",", "csv: field delimiter.")
 
     def validate(self) -> None:
-        _choice("data.kind", self.kind, ("synthetic", "movielens-100k", "movielens-1m", "csv"))
+        _choice("data.kind", self.kind, _registered("DATASETS"))
         _choice("data.synthetic_preset", self.synthetic_preset,
                 ("small", "ml100k", "ml100k-seq"))
         _choice("data.protocol", self.protocol, ("isolated", "pfedrec", "pfedrec-official"))
@@ -117,8 +117,7 @@ class ModelConfig:
                        "federated.personal_lr.")
 
     def validate(self) -> None:
-        _choice("model.kind", self.kind,
-                ("ffm-pool", "ffm", "ffm-transformer", "fedmf", "pfedrec"))
+        _choice("model.kind", self.kind, _registered("MODELS"))
         for name in ("dim", "history_length", "global_rank", "layers", "heads"):
             _range(f"model.{name}", getattr(self, name), 1, 4096)
         _range("model.personal_rank", self.personal_rank, 0, 4096)
@@ -324,6 +323,13 @@ _SECTIONS: dict[str, type] = {
     "observation": ObservationConfig,
     "defense": DefenseConfig,
 }
+
+
+def _registered(registry: str) -> tuple[str, ...]:
+    """The kinds registered in ``ffm_private.registry.<registry>`` (built-ins load on demand)."""
+    from ffm_private import registry as registries
+
+    return getattr(registries, registry).names()
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,6 @@ from ffm_private.models import (
     Recommender,
     SharedSpec,
     build_model,
-    params_of,
 )
 from ffm_private.models.partition import load_group, state_of
 from ffm_private.observation import ObservationRecorder
@@ -99,15 +99,10 @@ def synthetic_complete(path: Path) -> bool:
 
 
 def _load_interactions(cfg: Config, synthetic_source: Path) -> Any:
+    """The run's interactions, through the dataset registry (``data.kind``)."""
     data = cfg.data
-    if data.kind == "synthetic":
-        return load_dataset("synthetic", synthetic_source)
-    if data.kind == "csv":
-        from ffm_private.data import load_csv
-
-        return load_csv(data.path, user_col=data.csv_user_col, item_col=data.csv_item_col,
-                        timestamp_col=data.csv_timestamp_col, delimiter=data.csv_delimiter)
-    return load_dataset(data.kind, data.path)
+    path = synthetic_source if data.kind == "synthetic" else data.path
+    return load_dataset(data.kind, path, data)
 
 
 def _split(cfg: Config, interactions: Any) -> LeaveOneOutSplit:
@@ -182,11 +177,82 @@ class RunState:
     privacy: dict[str, Any] | None = None
 
 
+def read_checkpoint(ckpt: Path) -> tuple[RunState, dict[str, Any] | None]:
+    """One checkpoint, verified against its checksums, and the mechanism state it recorded.
+
+    Reads only; :class:`CorruptFileError` names the damaged file.
+    """
+    meta = load_json(ckpt / STATE_FILE)
+    if not isinstance(meta, dict) or not isinstance(meta.get("round"), int) or \
+            not isinstance(meta.get("history"), list):
+        raise CorruptFileError(ckpt / STATE_FILE, "not a checkpoint state")
+    files = meta.get("files")
+    if "checksum" in meta:
+        recorded = meta.pop("checksum")
+        if _digest(meta) != recorded:
+            raise CorruptFileError(ckpt / STATE_FILE, "checksum mismatch: altered")
+    files = files if isinstance(files, dict) else {}
+    shared = load_arrays(ckpt / "global.npz", files.get("global.npz"))
+    personal = PersonalStore.load(ckpt / "personal.npz", files.get("personal.npz"))
+    state = RunState(meta["round"], shared, personal, meta["history"], meta.get("privacy"))
+    return state, meta.get("mechanism_state") or None
+
+
+def _quiet(text: str) -> None:
+    """Say nothing (the default for callers without progress output)."""
+
+
+def latest_checkpoint(run_dir: Path, *, say: Callable[[str], None] = _quiet,
+                      notes: list[str] | None = None
+                      ) -> tuple[RunState, dict[str, Any] | None] | None:
+    """The latest usable checkpoint; the previous one if the latest is damaged (said so).
+
+    ``None`` when none was written; :class:`CheckpointError` naming every damaged file
+    when checkpoints exist but none is usable. Reads only: the run and the read-only
+    :class:`~ffm_private.run_view.RunView` share it.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    latest = root / LATEST
+    dirs = sorted((p for p in root.glob("round-*") if p.is_dir()), reverse=True)
+    named = None
+    if latest.exists():
+        try:
+            text = latest.read_bytes().decode("ascii").strip()
+        except UnicodeDecodeError:
+            text = ""
+        if text.startswith("round-") and (root / text).is_dir():
+            named = root / text
+        else:
+            say(f"{latest} is damaged ({text[:20]!r}); looking for the newest "
+                "usable checkpoint")
+    # a directory without state.json is a checkpoint a crash interrupted: never complete
+    others = [d for d in dirs if d != named and (d / STATE_FILE).exists()]
+    if named is None and not others:
+        if latest.exists():
+            raise CheckpointError(f"{latest} names no checkpoint and none is left")
+        return None
+    order = ([named] if named else []) + others
+    problems = []
+    for ckpt in order:
+        try:
+            found = read_checkpoint(ckpt)
+        except CorruptFileError as err:
+            problems.append(str(err))
+            continue
+        if problems and named is not None:
+            say(f"checkpoint {named.name} is unusable ({problems[0]}); "
+                f"resuming from {ckpt.name} instead")
+            if notes is not None:
+                notes.append(f"fell back to checkpoint {ckpt.name}: {problems[0]}")
+        return found
+    raise CheckpointError("no usable checkpoint in " + str(root) + ": " + "; ".join(problems))
+
+
 class Simulation:
     """Drives a whole run: data, pretraining, rounds, evaluation, checkpoints, summary."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, evaluate_only: bool = False) -> None:
+                 progress: bool = True) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress
@@ -197,10 +263,7 @@ class Simulation:
         self._resume_state: RunState | None = None
         self.notes: list[str] = []
         try:
-            if evaluate_only:
-                self._open_for_evaluation()
-            else:
-                self._set_up(resume, overwrite)
+            self._set_up(resume, overwrite)
         except BaseException:
             self.close()
             raise
@@ -217,12 +280,10 @@ class Simulation:
         self.public = public_users(self.split.n_users, cfg.data.public_fraction,
                                    cfg.federated.seed)
         probe = build_model(cfg.model, self.split.n_items)
-        self.privacy = RunPrivacy.prepare(
-            cfg.privacy, self.run_dir, user_ids=self.user_ids(), rounds=cfg.federated.rounds,
-            client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
-            resume=resuming, train_sizes=[len(t) for t in self.split.train],
-            local_cfg=self.local_cfg, has_personal=bool(params_of(probe, PERSONAL)),
-            public=self.public, protocol_options=cfg.protocol.options)
+        from ffm_private.run_view import prepare_privacy  # the one place the plan is derived
+
+        self.privacy = prepare_privacy(cfg, self.run_dir, self.split, self.local_cfg,
+                                       resume=resuming)
         if self.privacy is not None and self.privacy.example_dp is not None:
             self.local_cfg = dataclasses.replace(self.local_cfg,
                                                  example_dp=self.privacy.example_dp)
@@ -266,24 +327,6 @@ class Simulation:
             reveals_individual=self.protocol.reveals_individual_updates,
             total_rounds=cfg.federated.rounds, seed=cfg.federated.seed,
             extra={"model": cfg.model.kind, "n_users": self.split.n_users})
-
-    def _open_for_evaluation(self) -> None:
-        """Read-only: the run's data, backbone and checkpoint; never pretrains or writes."""
-        if not self.directory.holds_run():
-            raise RunDirectoryError(f"{self.run_dir} holds no run (no config.toml)")
-        self.directory.lock()
-        self.split = self._prepare_split(fresh=False)
-        self.protocol = registry.create(self.cfg.protocol.name, dict(self.cfg.protocol.options))
-        given = self._given_backbone()
-        if given is None:
-            path = self._backbone_path()
-            if not path.exists():
-                raise CheckpointError(f"{self.run_dir} has no checkpoint to evaluate (no "
-                                      f"{path.name}: training never got past pretraining)")
-            given = load_arrays(path)
-        self.backbone = given
-        self.workspace = self._model(1)
-        self.spec = SharedSpec.of(self.workspace)
 
     def close(self) -> None:
         """Release the run lock and the ledger; drop staged data (idempotent)."""
@@ -486,66 +529,17 @@ class Simulation:
             out["secrets"] = self.privacy.secrets_fingerprint()
         return out
 
-    def _read_checkpoint(self, ckpt: Path) -> RunState:
-        """One checkpoint, verified against its checksums; CorruptFileError names the file."""
-        meta = load_json(ckpt / STATE_FILE)
-        if not isinstance(meta, dict) or not isinstance(meta.get("round"), int) or \
-                not isinstance(meta.get("history"), list):
-            raise CorruptFileError(ckpt / STATE_FILE, "not a checkpoint state")
-        files = meta.get("files")
-        if "checksum" in meta:
-            recorded = meta.pop("checksum")
-            if _digest(meta) != recorded:
-                raise CorruptFileError(ckpt / STATE_FILE, "checksum mismatch: altered")
-        files = files if isinstance(files, dict) else {}
-        shared = load_arrays(ckpt / "global.npz", files.get("global.npz"))
-        personal = PersonalStore.load(ckpt / "personal.npz", files.get("personal.npz"))
-        if self.privacy is not None and meta.get("mechanism_state"):
-            self.privacy.mechanism.load_state(meta["mechanism_state"])
-        return RunState(meta["round"], shared, personal, meta["history"], meta.get("privacy"))
-
     def load_checkpoint(self) -> RunState | None:
-        """The latest usable checkpoint; the previous one if the latest is damaged (said so).
-
-        ``None`` when none was written; :class:`CheckpointError` naming every damaged file
-        when checkpoints exist but none is usable.
-        """
+        """The latest usable checkpoint (see :func:`latest_checkpoint`), its mechanism restored."""
         if self._resume_state is not None:
             return self._resume_state
-        root = self.run_dir / CHECKPOINTS
-        latest = root / LATEST
-        dirs = sorted((p for p in root.glob("round-*") if p.is_dir()), reverse=True)
-        named = None
-        if latest.exists():
-            try:
-                text = latest.read_bytes().decode("ascii").strip()
-            except UnicodeDecodeError:
-                text = ""
-            if text.startswith("round-") and (root / text).is_dir():
-                named = root / text
-            else:
-                self._say(f"{latest} is damaged ({text[:20]!r}); looking for the newest "
-                          "usable checkpoint")
-        # a directory without state.json is a checkpoint a crash interrupted: never complete
-        others = [d for d in dirs if d != named and (d / STATE_FILE).exists()]
-        if named is None and not others:
-            if latest.exists():
-                raise CheckpointError(f"{latest} names no checkpoint and none is left")
+        found = latest_checkpoint(self.run_dir, say=self._say, notes=self.notes)
+        if found is None:
             return None
-        order = ([named] if named else []) + others
-        problems = []
-        for ckpt in order:
-            try:
-                state = self._read_checkpoint(ckpt)
-            except CorruptFileError as err:
-                problems.append(str(err))
-                continue
-            if problems and named is not None:
-                self._say(f"checkpoint {named.name} is unusable ({problems[0]}); "
-                          f"resuming from {ckpt.name} instead")
-                self.notes.append(f"fell back to checkpoint {ckpt.name}: {problems[0]}")
-            return state
-        raise CheckpointError("no usable checkpoint in " + str(root) + ": " + "; ".join(problems))
+        state, mechanism_state = found
+        if self.privacy is not None and mechanism_state:
+            self.privacy.mechanism.load_state(mechanism_state)
+        return state
 
     def _verify_privacy_state(self, state: RunState) -> None:
         """Refuse to resume over a lost or altered ledger or observation log.

@@ -4,6 +4,7 @@ synthetic generator with a planted per-user personality. See docs/data.md."""
 from __future__ import annotations
 
 from os import PathLike
+from typing import TYPE_CHECKING
 
 from ffm_private.data.errors import DataError
 from ffm_private.data.interactions import (
@@ -33,23 +34,51 @@ from ffm_private.data.synthetic import (
     load_personality,
 )
 from ffm_private.data.tabular import load_csv
+from ffm_private.registry import DATASETS, register_dataset
 
-DATASET_KINDS = ("movielens-100k", "movielens-1m", "csv", "synthetic")
+if TYPE_CHECKING:
+    from ffm_private.config import DataConfig
 
 
-def load_dataset(kind: str, path: str | PathLike[str]) -> Interactions:
-    """Load a dataset by kind; ``"synthetic"`` reads a generated directory (ML-100K format).
+# The built-in kinds: each a loader ``(data config, path) -> Interactions``.
+@register_dataset("movielens-100k")
+def _movielens_100k(data: DataConfig | None, path: str | PathLike[str]) -> Interactions:
+    return load_movielens_100k(path)
 
-    ``"csv"`` uses :func:`load_csv`'s defaults (columns user, item, timestamp); call
-    :func:`load_csv` directly for other column names.
-    """
-    if kind in ("movielens-100k", "synthetic"):
-        return load_movielens_100k(path)
-    if kind == "movielens-1m":
-        return load_movielens_1m(path)
-    if kind == "csv":
+
+@register_dataset("movielens-1m")
+def _movielens_1m(data: DataConfig | None, path: str | PathLike[str]) -> Interactions:
+    return load_movielens_1m(path)
+
+
+@register_dataset("csv")
+def _csv(data: DataConfig | None, path: str | PathLike[str]) -> Interactions:
+    if data is None:
         return load_csv(path)
-    raise DataError(f"unknown dataset kind {kind!r}; expected one of {list(DATASET_KINDS)}")
+    return load_csv(path, user_col=data.csv_user_col, item_col=data.csv_item_col,
+                    timestamp_col=data.csv_timestamp_col, delimiter=data.csv_delimiter)
+
+
+@register_dataset("synthetic")
+def _synthetic(data: DataConfig | None, path: str | PathLike[str]) -> Interactions:
+    """A generated directory (ML-100K format; the run generates it when it is missing)."""
+    return load_movielens_100k(path)
+
+
+DATASET_KINDS = DATASETS.names()
+
+
+def load_dataset(kind: str, path: str | PathLike[str], data: DataConfig | None = None
+                 ) -> Interactions:
+    """Load a dataset by its registered kind (``data``: its config, e.g. csv column names).
+
+    Without ``data``, ``"csv"`` uses :func:`load_csv`'s defaults (columns user, item,
+    timestamp). An unknown kind is a :class:`DataError` listing the registered ones.
+    """
+    if kind not in DATASETS:
+        raise DataError(f"unknown dataset kind {kind!r}; expected one of "
+                        f"{list(DATASETS.names())}")
+    return DATASETS.get(kind)(data, path)
 
 
 __all__ = [
@@ -57,5 +86,5 @@ __all__ = [
     "ML1M_OCCUPATIONS", "DataError", "Interactions", "LeaveOneOutSplit", "Personality",
     "SyntheticConfig", "generate_synthetic", "interactions_from_arrays", "leave_one_out",
     "load_csv", "load_dataset", "load_movielens_100k", "load_movielens_1m", "load_personality",
-    "popularity", "sample_train_negatives", "train_negative_rng",
+    "popularity", "register_dataset", "sample_train_negatives", "train_negative_rng",
 ]

@@ -18,33 +18,24 @@ from ffm_private.models.partition import (
 )
 from ffm_private.models.pfedrec import PFedRecRecommender
 from ffm_private.models.transformer import TransformerFFM
+from ffm_private.registry import MODELS, register_model
 
 #: Model kinds; "ffm" is kept as an alias of "ffm-pool" so that existing configs run unchanged.
-MODEL_KINDS = ("ffm-pool", "ffm", "ffm-transformer", "fedmf", "pfedrec")
+MODEL_KINDS = MODELS.names()
+
+
+def model_class(kind: str) -> type[Recommender]:
+    """The registered class of ``model.kind`` (aliases resolved)."""
+    return MODELS.get(kind)
 
 
 def build_model(cfg: ModelConfig, n_items: int, num_personal: int = 1) -> Recommender:
     """The recommender a config describes, with ``num_personal`` rows of personal state."""
-    if cfg.kind == "ffm-transformer":
-        return TransformerFFM(n_items, num_personal, dim=cfg.dim,
-                              history_length=cfg.history_length, layers=cfg.layers,
-                              heads=cfg.heads, global_rank=cfg.global_rank,
-                              personal_rank=cfg.personal_rank, ffa_lora=cfg.ffa_lora,
-                              personalization=cfg.personalization)
-    if cfg.kind == "pfedrec":
-        return PFedRecRecommender(n_items, num_personal, dim=cfg.dim, lr_eta=cfg.lr_eta)
-    if cfg.kind in ("ffm", "ffm-pool"):
-        return FFMRecommender(n_items, num_personal, dim=cfg.dim,
-                              history_length=cfg.history_length, global_rank=cfg.global_rank,
-                              personal_rank=cfg.personal_rank,
-                              personalization=cfg.personalization)
-    if cfg.kind == "fedmf":
-        return FedMFRecommender(n_items, num_personal, dim=cfg.dim)
-    raise ValueError(f"unknown model kind {cfg.kind!r}")
+    return model_class(cfg.kind).from_config(cfg, n_items, num_personal)
 
 
 __all__ = [
     "FROZEN", "MODEL_KINDS", "PERSONAL", "SHARED", "FFMRecommender", "FedMFRecommender",
     "PFedRecRecommender", "PartitionError", "Recommender", "SharedSpec", "TransformerFFM",
-    "build_model", "load_group", "params_of", "state_of",
+    "build_model", "load_group", "model_class", "params_of", "register_model", "state_of",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -18,9 +19,28 @@ from torch import nn
 
 from ffm_private.models.partition import PERSONAL, check_partition, params_of
 
+if TYPE_CHECKING:
+    from ffm_private.config import ModelConfig
+
 
 class Recommender(nn.Module):
-    """Base class: subclasses define ``backbone``, ``shared`` and ``personal`` submodules."""
+    """Base class: subclasses define ``backbone``, ``shared`` and ``personal`` submodules.
+
+    A subclass also declares where its item rows are, so that the audits ask the model
+    instead of guessing from parameter names: :attr:`item_embedding` and :attr:`item_rows`.
+    """
+
+    #: Full name of the item-embedding table the model scores items with (one row per item,
+    #: then the padding row), or ``None`` when it has none.
+    item_embedding: ClassVar[str | None] = None
+    #: Shared parameters with one row per item (then the padding row): a client's update
+    #: changes the rows of the items it trained on.
+    item_rows: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, n_items: int, num_personal: int = 1) -> Recommender:
+        """The model ``cfg`` describes (each registered model reads its own fields)."""
+        raise NotImplementedError(f"{cls.__name__} does not build from a ModelConfig")
 
     def __init__(self, n_items: int, num_personal: int) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ffm_private.models.base import Recommender
+from ffm_private.registry import register_model
 
 
 class _SharedItems(nn.Module):
@@ -32,8 +33,16 @@ class _PersonalUser(nn.Module):
         self.user_emb = nn.Parameter(torch.zeros(num_personal, dim))
 
 
+@register_model("fedmf")
 class FedMFRecommender(Recommender):
     """score(u, i) = <p_u, e_i> + b_i with e, b shared and p_u personal."""
+
+    item_embedding = "shared.item_emb.weight"
+    item_rows = ("shared.item_emb.weight", "shared.item_bias.weight")
+
+    @classmethod
+    def from_config(cls, cfg, n_items: int, num_personal: int = 1) -> FedMFRecommender:
+        return cls(n_items, num_personal, dim=cfg.dim)
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64) -> None:
         super().__init__(n_items, num_personal)

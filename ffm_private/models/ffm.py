@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ffm_private.models.base import Recommender
+from ffm_private.registry import register_model
 
 
 class _Backbone(nn.Module):
@@ -81,8 +82,17 @@ class _Personal(nn.Module):
             self.gate = nn.Parameter(torch.zeros(num_personal))
 
 
+@register_model("ffm-pool", aliases=("ffm",))
 class FFMRecommender(Recommender):
     """Frozen backbone + shared global adapter + local user embedding, gate (+ item adapter)."""
+
+    item_embedding = "backbone.item_emb"
+
+    @classmethod
+    def from_config(cls, cfg, n_items: int, num_personal: int = 1) -> FFMRecommender:
+        return cls(n_items, num_personal, dim=cfg.dim, history_length=cfg.history_length,
+                   global_rank=cfg.global_rank, personal_rank=cfg.personal_rank,
+                   personalization=cfg.personalization)
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
                  history_length: int = 20, global_rank: int = 16, personal_rank: int = 0,

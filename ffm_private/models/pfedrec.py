@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ffm_private.models.base import Recommender
 from ffm_private.models.partition import PERSONAL, SHARED, params_of
+from ffm_private.registry import register_model
 from ffm_private.training_data import Examples
 
 #: The official defaults (train.py of the PFedRec code): latent_dim 32, lr 0.1, lr_eta 80,
@@ -55,8 +56,16 @@ class _PersonalScore(nn.Module):
         self.item_delta = nn.Parameter(torch.zeros(num_personal, n_items + 1, dim))
 
 
+@register_model("pfedrec")
 class PFedRecRecommender(Recommender):
     """score(u, i) = w_u . e^u_i + b_u, with e shared and (w_u, b_u, post-tuning) personal."""
+
+    item_embedding = "shared.item_emb.weight"
+    item_rows = ("shared.item_emb.weight",)
+
+    @classmethod
+    def from_config(cls, cfg, n_items: int, num_personal: int = 1) -> PFedRecRecommender:
+        return cls(n_items, num_personal, dim=cfg.dim, lr_eta=cfg.lr_eta)
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = OFFICIAL_DIM,
                  lr_eta: float = OFFICIAL_LR_ETA) -> None:

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from ffm_private.models.base import Recommender
 from ffm_private.models.lora import lora_down, lora_up
+from ffm_private.registry import register_model
 
 #: The adapted projections of each block, with their (input, output) widths in units of dim.
 PROJECTIONS = ("q", "k", "v", "o", "ff1", "ff2")
@@ -110,8 +111,18 @@ class _Personal(nn.Module):
                 self.up = nn.Parameter(torch.zeros(num_personal, dim, rank))
 
 
+@register_model("ffm-transformer")
 class TransformerFFM(Recommender):
     """Frozen SASRec-style backbone + shared LoRA (or FFA-LoRA) + personal adapter."""
+
+    item_embedding = "backbone.item_emb"
+
+    @classmethod
+    def from_config(cls, cfg, n_items: int, num_personal: int = 1) -> TransformerFFM:
+        return cls(n_items, num_personal, dim=cfg.dim, history_length=cfg.history_length,
+                   layers=cfg.layers, heads=cfg.heads, global_rank=cfg.global_rank,
+                   personal_rank=cfg.personal_rank, ffa_lora=cfg.ffa_lora,
+                   personalization=cfg.personalization)
 
     def __init__(self, n_items: int, num_personal: int = 1, *, dim: int = 64,
                  history_length: int = 20, layers: int = 1, heads: int = 1,
