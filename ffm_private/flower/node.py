@@ -163,7 +163,8 @@ class Node:
             client_fraction=cfg.federated.client_fraction, protocol=cfg.protocol.name,
             resume=resume, train_sizes=[len(rows.train)] * rows.n_users,
             local_cfg=local_config(cfg), has_personal=bool(params_of(probe, PERSONAL)),
-            public=public_users(rows.n_users, cfg.data.public_fraction, cfg.federated.seed))
+            public=public_users(rows.n_users, cfg.data.public_fraction, cfg.federated.seed),
+            protocol_options=cfg.protocol.options)
         assert priv is not None
         priv.bind_protocol(registry.create(cfg.protocol.name, protocol_options(cfg, priv)),
                            SharedSpec.of(probe).size)
