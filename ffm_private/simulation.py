@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ffm_private import config as config_mod
+from ffm_private import console
 from ffm_private.client import ClientData, LocalTrainingConfig, train_client
 from ffm_private.config import Config
 from ffm_private.data import (
@@ -582,8 +582,8 @@ class Simulation:
                         averager=self._averager(pool_size))
         message = server.broadcast(round_id)
         updates, losses = {}, []
-        bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
-                   leave=False, unit="client")
+        bar = console.bar(sampled, enabled=self.progress, desc=f"round {round_id}/{f.rounds}",
+                          leave=False, unit="client")
         for cid in bar:
             generator = self.privacy.client_generator(round_id, cid) if self.privacy else None
             result = train_client(self.workspace, message, state.personal.get(cid),
@@ -693,8 +693,7 @@ class Simulation:
 
     # -- reporting ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
-        if self.progress:
-            tqdm.write(text)
+        console.say(text, enabled=self.progress)
 
     def _line(self, row: dict[str, Any]) -> str:
         k = self.cfg.evaluation.k
