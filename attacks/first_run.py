@@ -39,7 +39,7 @@ class FirstRunAudit:
 
     def lines(self) -> list[str]:
         """One line per attack and view: its verdict and the sentence behind it."""
-        return [f"{r.attack} {ATTACK_NAMES.get(r.attack.lower(), r.title)} ({r.view}): "
+        return [f"{r.title or ATTACK_NAMES.get(r.attack.lower(), r.attack)} ({r.view}): "
                 f"{r.verdict.level}: {r.verdict.text}" for r in self.report.results]
 
     def to_dict(self) -> dict[str, Any]:
