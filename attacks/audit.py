@@ -81,13 +81,14 @@ class AuditReport:
 def run_audit(run: str | Path | AuditContext, options: AuditOptions = AuditOptions()  # noqa: B008
               ) -> AuditReport:
     """Run the chosen attacks on a run directory (or a prepared context)."""
-    from tqdm.auto import tqdm
+    from ffm_private import console
 
     start = time.perf_counter()
+    bars = console.bars_on(options.progress)  # every attack's bars: only on a terminal
     with torch_threads(options.threads):
         ctx = run if isinstance(run, AuditContext) else AuditContext.from_run(
-            run, seed=options.seed, progress=options.progress)
-        ctx.progress = options.progress
+            run, seed=options.seed, progress=bars)
+        ctx.progress = bars
         report = AuditReport(
             run_dir=str(ctx.run_dir or ""), claim=ctx.claim.to_dict(), protocol=ctx.log.protocol,
             model=ctx.cfg.model.kind, options=asdict(options),
@@ -97,7 +98,7 @@ def run_audit(run: str | Path | AuditContext, options: AuditOptions = AuditOptio
         per_view = [a for a in options.attacks if attack(a).per_view]
         jobs = [(a, v) for a in per_view for v in options.views]
         jobs += [(a, "mechanism") for a in options.attacks if not attack(a).per_view]
-        bar = tqdm(jobs, desc="audit", disable=not options.progress, unit="attack")
+        bar = console.bar(jobs, enabled=options.progress, desc="audit", unit="attack")
         for name, view in bar:
             bar.set_postfix_str(f"{name} {view}")
             try:

@@ -62,7 +62,10 @@ def add_audit_command(subparsers: Any) -> argparse.ArgumentParser:
                    "mechanism against the run's claim (the audit must FAIL)")
     p.add_argument("--format", nargs="+", choices=["md", "html"], default=["md", "html"],
                    help="report formats besides audit.json (default: md html)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress; print only one verdict line per attack and the report path")
+    p.add_argument("--json", action="store_true",
+                   help="print only audit.json's content on stdout")
     p.set_defaults(func=cmd_audit)
     return p
 
@@ -85,9 +88,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else Path(args.run) / "audit"
     paths = write_report(report, out, tuple(args.format))
-    if "md" in paths:
-        print(paths["md"].read_text())
-    print("report: " + ", ".join(str(p) for p in paths.values()))
+    if args.json:
+        print(paths["json"].read_text(), end="")
+    else:
+        if args.quiet:
+            for r in report.results:
+                print(f"- {r.attack} ({r.view}): {r.verdict.level}: {r.verdict.text}")
+        elif "md" in paths:
+            print(paths["md"].read_text())
+        print("report: " + ", ".join(str(p) for p in paths.values()))
     if report.failed:
         print("\033[31mAUDIT FAILED: an epsilon lower bound exceeds the claimed epsilon\033[0m",
               file=sys.stderr)

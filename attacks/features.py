@@ -211,7 +211,7 @@ def view_features(ctx: AuditContext, view: str, users: Iterable[int] | None = No
     key = f"features:{view}"
     if key in ctx._cache and users is None:
         return ctx._cache[key]
-    from tqdm.auto import tqdm
+    from ffm_private import console
 
     scorers = scorers_for(ctx)
     feats = ViewFeatures(view=view, headline=next(iter(scorers)),
@@ -226,8 +226,8 @@ def view_features(ctx: AuditContext, view: str, users: Iterable[int] | None = No
         members = [u for u in recorded_users(obs) if wanted is None or u in wanted]
         shared: dict[str, np.ndarray] | None = None
         individual = view == "server" and obs.has_individual
-        bar = tqdm(members, desc=f"features round {obs.round_id} ({view})", leave=False,
-                   disable=not ctx.progress, unit="user")
+        bar = console.bar(members, enabled=ctx.progress, leave=False, unit="user",
+                          desc=f"features round {obs.round_id} ({view})")
         for u in bar:
             if individual or shared is None:
                 vec = view_vector(obs, u, view)

@@ -232,6 +232,9 @@ class ObservationConfig:
                           "user as a shadow.")
     dtype: str = _f("float32", "Storage of client update vectors: float32 or float16 (half "
                     "the bytes; a round whose values overflow float16 is kept in float32).")
+    audit: bool = _f(False, "ffm-private train: end with a short leakage audit of this log "
+                     "(A1, A3, A4 and the A6 canary check, seconds), print one verdict per "
+                     "attack and write the report to <run_dir>/audit (--no-audit skips it).")
 
     def validate(self) -> None:
         if not isinstance(self.rounds, list) or not all(
@@ -311,6 +314,41 @@ class Config:
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or ``section.key`` overrides replaced."""
         return from_dict(_merge(self.to_dict(), sections))
+
+
+#: The first run (``ffm-private train`` without ``--config``; ``examples/quickstart.toml``):
+#: the synthetic preset trained with user-level DP-FedAvg, each client adding its share of
+#: the Gaussian noise before SecAgg+ masks its update, so the server sees only the noisy sum.
+#: ``Config()`` itself stays plaintext (the library's neutral default).
+QUICKSTART: dict[str, Any] = {
+    "run_dir": "runs/quickstart",
+    "federated.rounds": 10,
+    "protocol.name": "secagg",
+    "observation.audit": True,
+    "privacy": {
+        "mode": "user",
+        "target_epsilon": 8.0,
+        "delta": 1e-5,
+        "clipping_norm": 0.2,
+        "noise_placement": "distributed",
+        "min_survivors": 150,
+    },
+}
+
+
+def quickstart() -> Config:
+    """The built-in first run: private (user-level DP over SecAgg+), observation log on."""
+    return Config().replace(**QUICKSTART)
+
+
+def plaintext() -> Config:
+    """The first run without DP and with plaintext aggregation (``--no-privacy``)."""
+    return without_privacy(quickstart()).replace(run_dir="runs/plaintext")
+
+
+def without_privacy(config: Config) -> Config:
+    """``config`` with no DP and plaintext aggregation: the comparison run."""
+    return config.replace(privacy={}, protocol={"name": "plaintext", "options": {}})
 
 
 _SECTIONS: dict[str, type] = {

@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ffm_private import console
 from ffm_private.client import run_epochs
 from ffm_private.config import ModelConfig, PretrainConfig
 from ffm_private.data import LeaveOneOutSplit, train_negative_rng
@@ -72,7 +72,7 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: PretrainConfig, split: LeaveO
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     public = subset(split, users)
     best_hr, best_state = -1.0, state_of(model, FROZEN)
-    bar = tqdm(range(cfg.epochs), desc="pretrain", disable=not progress, leave=False)
+    bar = console.bar(range(cfg.epochs), enabled=progress, desc="pretrain", leave=False)
     for epoch in bar:
         examples, owners = _pooled_examples(split, users, split.n_items, length, num_negatives,
                                             seed, epoch)

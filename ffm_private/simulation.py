@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ffm_private import config as config_mod
+from ffm_private import console
 from ffm_private.client import ClientData, LocalTrainingConfig, train_client
 from ffm_private.config import Config
 from ffm_private.data import (
@@ -593,8 +593,8 @@ class Simulation:
         if self.defense is not None:  # the public basis travels with the broadcast
             message = self.defense.attach(message, lambda m, u: self._public_update(state, m, u))
         updates, losses = {}, []
-        bar = tqdm(sampled, desc=f"round {round_id}/{f.rounds}", disable=not self.progress,
-                   leave=False, unit="client")
+        bar = console.bar(sampled, enabled=self.progress, desc=f"round {round_id}/{f.rounds}",
+                          leave=False, unit="client")
         trained = (train_batched(self.workspace, message, state.personal.get,
                                  [self._client_data(cid) for cid in sampled], self.local_cfg,
                                  f.seed, memory_budget_mb=f.memory_budget_mb)
@@ -722,8 +722,7 @@ class Simulation:
 
     # -- reporting ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
-        if self.progress:
-            tqdm.write(text)
+        console.say(text, enabled=self.progress)
 
     def _line(self, row: dict[str, Any]) -> str:
         k = self.cfg.evaluation.k

@@ -15,7 +15,7 @@ def test_train_then_evaluate(tiny_config, capsys):
     args = [f"data.path={tiny_config.data.path}", "data.protocol=pfedrec",  # see conftest
             "model.dim=16", "pretrain.epochs=1",
             "federated.rounds=2", "evaluation.full_ranking=false"]
-    argv = ["train", "-q", "--run-dir", tiny_config.run_dir]
+    argv = ["train", "-q", "--no-privacy", "--run-dir", tiny_config.run_dir]
     for a in args:
         argv += ["--set", a]
     assert main(argv) == 0
@@ -40,7 +40,8 @@ def test_bad_config_exits_with_a_clear_message(tmp_path, capsys):
 def test_bad_protocol_options_are_a_config_error(tmp_path, capsys):
     from ffm_private.cli import main
 
-    rc = main(["train", "-q", "--run-dir", str(tmp_path / "run"), "--set", "protocol.name=secagg",
+    rc = main(["train", "-q", "--no-privacy", "--run-dir", str(tmp_path / "run"),
+               "--set", "protocol.name=secagg",
                "--set", "protocol.options.neighbours=-3"])
     assert rc == 2
     assert "protocol.options.neighbours" in capsys.readouterr().err

@@ -11,14 +11,15 @@ def test_defaults_are_valid_and_round_trip_through_toml():
 
 
 def test_examples_load(tmp_path):
-    for name in ("quickstart", "movielens100k", "movielens1m"):
+    for name in ("quickstart", "plaintext", "movielens100k", "movielens1m"):
         cfg = C.load(f"examples/{name}.toml")
         assert cfg.federated.rounds >= 1
 
 
-def test_quickstart_example_equals_builtin_defaults():
-    cfg = C.load("examples/quickstart.toml")
-    assert cfg == C.Config()
+def test_quickstart_example_equals_the_builtin_first_run():
+    assert C.load("examples/quickstart.toml") == C.quickstart()
+    assert C.load("examples/plaintext.toml") == C.plaintext()
+    assert C.quickstart().privacy["mode"] == "user" and C.Config().privacy == {}
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -33,7 +33,7 @@ def test_a_diverging_run_stops_with_a_clear_error_instead_of_hr_1(fast_config, c
     assert not (run / "summary.json").exists()  # no HR@10 is ever reported for it
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r.get("valid_hr@10", 0) < 1.0 for r in rows)
-    rc = main(["train", "-q", "--run-dir", str(run) + "-cli", "--set",
+    rc = main(["train", "-q", "--no-privacy", "--run-dir", str(run) + "-cli", "--set",
                f"data.path={cfg.data.path}", "--set", "data.protocol=pfedrec", "--set",
                "federated.server_lr=1e300", "--set",
                "pretrain.epochs=1", "--set", "federated.rounds=2", "--set", "model.dim=8",
@@ -53,7 +53,8 @@ def test_a_run_whose_rounds_all_abort_fails_and_says_so(fast_config, capsys):
     assert "aborted rounds: 2 of 2" in (run / "summary.md").read_text()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["aborted"] for r in rows)
-    argv = ["train", "--run-dir", str(run) + "-cli", "--set", f"data.path={cfg.data.path}",
+    argv = ["train", "--no-privacy", "--run-dir", str(run) + "-cli", "--set",
+            f"data.path={cfg.data.path}",
             "--set", "data.protocol=pfedrec"]  # the tiny dataset: see tests/conftest.py
     for key in ("federated.client_fraction=0.1", "protocol.options.min_clients=50",
                 "pretrain.epochs=1", "federated.rounds=2", "model.dim=8",
