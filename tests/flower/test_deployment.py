@@ -5,9 +5,12 @@ Each test bounds every wait and the launcher stops every process group in a ``fi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,14 +26,26 @@ pytestmark = [
 ]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def alive(pgid: int, wait: float = 10.0) -> bool:
+    """Whether process group ``pgid`` still has a running (not zombie) member.
+
+    Zombies count as gone: a killed member orphaned to an init that does not reap stays in
+    the table as a zombie but runs nothing. Waits up to ``wait`` seconds for the group to go.
+    """
+    end = time.monotonic() + wait
+    while True:
+        running = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # the process ended while we looked
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                running = True
+                break
+        if not running or time.monotonic() > end:
+            return running
+        time.sleep(0.2)
 
 
 def test_plaintext_flower_run_equals_the_in_process_run_and_leaves_no_process(tmp_path):
@@ -94,8 +109,9 @@ def test_ctrl_c_stops_every_process_the_launcher_started(tmp_path):
         assert not [p for p in pids if alive(p)]
     finally:
         for pid in [proc.pid, *pids]:
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+            if alive(pid, wait=0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 def test_tls_and_supernode_authentication_with_flowers_own_options(tmp_path):
