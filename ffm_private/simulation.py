@@ -628,12 +628,18 @@ class Simulation:
         state.shared = server.shared
         self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
+        return self._round_row(round_id, sampled, outcome, losses, declined)
+
+    def _round_row(self, round_id: int, sampled: list[int], outcome: Any, losses: list[float],
+                   declined: list[int], *, dropped: int | None = None,
+                   rejected: int | None = None) -> dict[str, Any]:
+        """The round's line of ``metrics.jsonl`` (every engine and placement writes this one)."""
         row = {
             "round": round_id,
             "sampled": len(sampled),
             "contributors": len(outcome.contributors),
-            "dropped": len(outcome.dropped),
-            "rejected": len(outcome.rejected),
+            "dropped": len(outcome.dropped) if dropped is None else dropped,
+            "rejected": len(outcome.rejected) if rejected is None else rejected,
             "aborted": outcome.aborted,
             "noise_only": outcome.noise_only,
             "train_loss": float(np.nanmean(losses)) if losses else float("nan"),

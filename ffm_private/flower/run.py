@@ -200,22 +200,9 @@ class FlowerRun(Simulation):
         state.round_id = round_id
         # sampled users that never answered (no node, or silent): dropouts, counted once
         missing = set(sampled) - set(updates) - set(refused) - set(declined)
-        row = {
-            "round": round_id,
-            "sampled": len(sampled),
-            "contributors": len(outcome.contributors),
-            "dropped": len(set(outcome.dropped) | missing),
-            "rejected": len(outcome.rejected) + len(refused),
-            "aborted": outcome.aborted,
-            "noise_only": outcome.noise_only,
-            "train_loss": float(np.nanmean(losses)) if losses else float("nan"),
-            "update_norm": outcome.update_norm,
-            "bytes_up": outcome.bytes_up,
-        }
-        if self.privacy is not None:
-            row["declined"] = len(declined)
-            row["epsilon"] = self.privacy.epsilon_after_rounds(round_id)
-        return row
+        return self._round_row(round_id, sampled, outcome, losses, declined,
+                               dropped=len(set(outcome.dropped) | missing),
+                               rejected=len(outcome.rejected) + len(refused))
 
     def _mirror(self, user: int, round_id: int, delta: np.ndarray) -> bool:
         """Record a participation in the server's mirror ledger (the node recorded it first)."""
