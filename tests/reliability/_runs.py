@@ -1,16 +1,13 @@
-"""Helpers: crash a run at a chosen point, copy run directories, compare two runs."""
+"""Helpers: crash a run at a chosen point, copy and damage run directories (compare with tests.run_records)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ffm_private.simulation import Simulation, run_training
-from ffm_private.storage import load_arrays
-from tests.run_records import round_metrics
 
 
 def crash_in_round(cfg, round_id: int, monkeypatch) -> None:
@@ -26,19 +23,6 @@ def crash_in_round(cfg, round_id: int, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, progress=False)
     monkeypatch.setattr(Simulation, "run_round", original)
-
-
-def final_state(run: Path):
-    ckpt = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
-    return load_arrays(ckpt / "global.npz"), load_arrays(ckpt / "personal.npz")
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert round_metrics(a) == round_metrics(b)
-    for x, y in zip(final_state(a), final_state(b), strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def copy_run(src: Path, dst: Path) -> Path:

@@ -12,7 +12,8 @@ from ffm_private.cli import main
 from ffm_private.errors import CheckpointError, FFMPrivateError
 from ffm_private.rundir import LOCK
 from ffm_private.simulation import run_training
-from tests.reliability._runs import assert_same_run, copy_run, corrupt, crash_in_round
+from tests.reliability._runs import copy_run, corrupt, crash_in_round
+from tests.run_records import assert_same_run
 
 HOWS = ("truncate", "flip", "empty", "delete")
 #: (file in the run directory, what must happen on resume)

@@ -26,8 +26,7 @@ from ffm_private.rundir import MARKER
 from ffm_private.simulation import run_training
 from ffm_private.storage import load_arrays
 from tests.reliability._kill_worker import seed_secrets
-from tests.reliability._runs import assert_same_run
-from tests.run_records import ledger_spends
+from tests.run_records import assert_same_run, ledger_spends
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")]

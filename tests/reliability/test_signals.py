@@ -14,7 +14,7 @@ import pytest
 
 from ffm_private.config import to_toml
 from ffm_private.simulation import run_training
-from tests.reliability._runs import assert_same_run
+from tests.run_records import assert_same_run
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
