@@ -1,4 +1,4 @@
-"""Helpers: crash a run at a chosen point, copy and damage run directories (compare with tests.run_records)."""
+"""Helpers: crash a run at a chosen point, copy and damage run directories."""
 
 from __future__ import annotations
 
