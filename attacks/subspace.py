@@ -24,18 +24,15 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from attacks.attribute import components_for, decide_note, user_features
-from attacks.base import AttackResult, judge
-from attacks.classifier import fit_logistic_cv
+from attacks.attribute import components_for, pca, score_attributes, user_features
+from attacks.base import AttackResult
 from attacks.context import VIEW_TEXT, AuditContext, AuditError, recorded_users, view_vector
 from attacks.features import view_features
-from attacks.metrics import balanced_accuracy, bootstrap, macro_auc
 from ffm_private.defense import energy_fraction, project_out
 
 TITLE = "A3 adaptive attribute inference (knows the subspace projection)"
 OBSERVES = ("the view's observations of every user, the public sensitive-subspace basis of "
             "every round, and the public users' attributes (the classifier's training set)")
-TOLERANCE = 0.02
 
 
 def round_bases(ctx: AuditContext, view: str) -> tuple[dict[int, np.ndarray], str]:
@@ -81,15 +78,6 @@ def _vectors(ctx: AuditContext, round_id: int, view: str) -> Iterator[tuple[int,
             yield u, np.asarray(vec, dtype=np.float64)
 
 
-def _pca(rows: np.ndarray, k: int) -> np.ndarray:
-    centred = rows - rows.mean(axis=0)
-    k = max(0, min(k, centred.shape[0] - 1, centred.shape[1]))
-    if k == 0 or np.allclose(centred, 0):
-        return np.zeros((rows.shape[0], max(k, 1)))
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:k].T
-
-
 def distribution(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -133,51 +121,32 @@ def run_adaptive_attribute_inference(ctx: AuditContext, view: str, *,
     projected = np.stack([np.mean(sums[u], axis=0) for u in observed])
     feats = view_features(ctx, view)
     with_profiles = [u for u in observed if feats.rounds_of(u)]
-    parts = [_pca(projected, k)]
+    parts = [pca(projected, k, min_columns=1)]
     if with_profiles == observed:
         parts.insert(0, user_features(ctx, feats, observed, k))
     x = np.hstack(parts)
-    rows = {u: i for i, u in enumerate(observed)}
-    xs, xt = x[[rows[u] for u in shadows]], x[[rows[u] for u in targets]]
     energy = energy_in_subspace(ctx, view, bases, targets)
     energy_stats = distribution(np.array(list(energy.values())))
     covered = ctx.claim.claimed and ctx.claim.mode == "user" and view in ctx.claim.covers
     results = []
-    for name in sorted(ctx.truth.attributes):
-        codes = np.asarray(ctx.truth.attributes[name])
-        ys, yt = codes[shadows], codes[targets]
-        classes = np.unique(np.concatenate([ys, yt]))
-        if len(np.unique(ys)) < 2:
-            continue
-        model = fit_logistic_cv(xs, ys, seed=ctx.seed, classes=classes)
-        proba = model.predict_proba(xt)
-        pred = model.classes[np.argmax(proba, axis=1)]
-
-        def stat_auc(idx: np.ndarray, yt=yt, proba=proba, classes=model.classes) -> float:
-            return macro_auc(yt[idx], proba[idx], list(classes))
-
-        def stat_bacc(idx: np.ndarray, yt=yt, pred=pred) -> float:
-            return balanced_accuracy(yt[idx], pred[idx])
-
-        estimate = bootstrap(stat_auc, len(targets), rounds=bootstrap_rounds, seed=ctx.seed)
-        bacc = bootstrap(stat_bacc, len(targets), rounds=bootstrap_rounds, seed=ctx.seed)
-        verdict = judge(estimate, 0.5, TOLERANCE, "macro AUC")
+    for score in score_attributes(ctx, x, observed, shadows, targets,
+                                  sorted(ctx.truth.attributes), bootstrap_rounds):
         notes = [f"subspace basis {source}",
                  "the attacker removes the basis from every observation and trains on the "
-                 "public users' projected updates"]
-        decide = decide_note(estimate, 0.5 + TOLERANCE, len(targets), verdict)
-        if decide:
-            notes.append(decide)
+                 "public users' projected updates",
+                 *([score.decide_note] if score.decide_note else [])]
         results.append(AttackResult(
-            attack="A3", title=f"{TITLE}: {name}", view=view, threat_model=VIEW_TEXT[view],
-            observes=OBSERVES, headline="macro_auc", estimate=estimate, reference=0.5,
-            verdict=verdict,
-            metrics={"attribute": name, "adaptive": True, "macro_auc": estimate.value,
-                     "balanced_accuracy": bacc, "chance": 1.0 / len(np.unique(yt)),
+            attack="A3", title=f"{TITLE}: {score.name}", view=view,
+            threat_model=VIEW_TEXT[view], observes=OBSERVES, headline="macro_auc",
+            estimate=score.estimate, reference=0.5, verdict=score.verdict,
+            metrics={"attribute": score.name, "adaptive": True,
+                     "macro_auc": score.estimate.value,
+                     "balanced_accuracy": score.balanced_accuracy,
+                     "chance": 1.0 / score.present,
                      "shadow_users": len(shadows), "target_users": len(targets),
                      "basis_source": source,
                      "basis_rank": {int(r): int(b.shape[1]) for r, b in bases.items()},
-                     "energy_in_subspace": energy_stats, "l2": model.l2},
+                     "energy_in_subspace": energy_stats, "l2": score.l2},
             covered_by_claim=covered, notes=notes, seconds=time.perf_counter() - start))
         start = time.perf_counter()
     return results

@@ -90,12 +90,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "federated.rounds": 100, "pretrain.epochs": 2, "privacy": PRIVACY[privacy],
         "federated.batch_size": spec["batch_size"], "federated.engine": spec["engine"],
         "federated.client_threads": spec["threads"]})
-    sim = Simulation(cfg, progress=False)
+    sim = Simulation(cfg, progress=False).start()
     state = sim.initial_state()
     times = []
     for r in range(1, spec["repeats"] + 1):
         start = time.perf_counter()
-        row = sim.run_round(state, r)
+        row = sim.run_round(state, r).row
         times.append(time.perf_counter() - start)
     eval_s = float("nan")
     if spec["evaluate"]:

@@ -1,4 +1,4 @@
-"""Name -> implementation registries for models and datasets (attacks have their own).
+"""Name -> implementation registries for models, datasets and DP mechanisms (attacks have their own).
 
 Why: adding a model or a dataset should be one new file with one decorator, and the config
 should accept exactly what is registered. A registry maps a kind (``model.kind``,
@@ -12,6 +12,9 @@ another module is known once that module has been imported.
 
     @register_dataset("my-data")
     def load_my_data(data: DataConfig, path: Path) -> Interactions: ...
+
+    @register_mechanism("my-mechanism")
+    class MyMechanism(CentralGaussian): ...   # selected by privacy.mechanism_kind
 """
 
 from __future__ import annotations
@@ -99,8 +102,14 @@ MODELS: Registry[Any] = Registry("model", builtins=("ffm_private.models",))
 #: ``data.kind`` -> ``load(data_config, path) -> Interactions``.
 DATASETS: Registry[Any] = Registry("dataset", builtins=("ffm_private.data",))
 
+#: ``privacy.mechanism_kind`` -> a :class:`~ffm_private.privacy.mechanism.Mechanism` subclass
+#: with ``serves`` (the ``(mode, noise_placement)`` pairs it implements) and
+#: ``from_plan(plan, **context)``. The built-in mechanisms are chosen by ``auto``, not here.
+MECHANISMS: Registry[Any] = Registry("DP mechanism")
+
 register_model = MODELS.register
 register_dataset = DATASETS.register
+register_mechanism = MECHANISMS.register
 
-__all__ = ["DATASETS", "MODELS", "Registry", "RegistryError", "register_dataset",
-           "register_model"]
+__all__ = ["DATASETS", "MECHANISMS", "MODELS", "Registry", "RegistryError", "register_dataset",
+           "register_mechanism", "register_model"]

@@ -19,8 +19,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from ffm_private import config as config_mod
 from ffm_private import console
+from ffm_private.callbacks import RoundCallback, RoundResult, default_callbacks
 from ffm_private.client import ClientData, LocalTrainingConfig, train_client
 from ffm_private.config import Config
 from ffm_private.data import (
@@ -47,7 +47,6 @@ from ffm_private.engine.threads import client_threads
 from ffm_private.errors import (
     CheckpointError,
     CorruptFileError,
-    DivergedError,
     NoRoundAppliedError,
     RunDirectoryError,
 )
@@ -65,10 +64,9 @@ from ffm_private.observation import ObservationRecorder
 from ffm_private.pretrain import pretrain_backbone, public_users
 from ffm_private.privacy import fingerprint
 from ffm_private.privacy.client_secrets import SecretStore
-from ffm_private.privacy.guarantee import NO_DP
-from ffm_private.privacy.run import PRIVACY_DIR, RunPrivacy
+from ffm_private.privacy.run import NoPrivacy, RunPrivacy, Selection
 from ffm_private.rundir import DATA_DIR, RunDir, install_tree, same_path
-from ffm_private.server import Averager, Server, plain_mean, sample_clients
+from ffm_private.server import Server, sample_clients
 from ffm_private.storage import (
     PersonalStore,
     atomic_write_bytes,
@@ -77,7 +75,7 @@ from ffm_private.storage import (
     load_json,
     save_arrays,
 )
-from protocols import AggregateResult, registry
+from protocols import registry
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -249,77 +247,105 @@ def latest_checkpoint(run_dir: Path, *, say: Callable[[str], None] = _quiet,
 
 
 class Simulation:
-    """Drives a whole run: data, pretraining, rounds, evaluation, checkpoints, summary."""
+    """Drives a whole run: data, pretraining, rounds, evaluation, checkpoints, summary.
+
+    Built in two steps. The constructor checks the configuration, the run directory and the
+    privacy plan in memory and writes nothing, so a refused configuration leaves the directory
+    as it was (``--overwrite`` included). :meth:`start` claims the directory and writes: the
+    config, the plan, the ledger, the secrets, the data and the backbone. :meth:`run` starts if
+    needed and plays the rounds; the loop's concerns are :mod:`ffm_private.callbacks`
+    (``callbacks`` adds to the defaults, after them).
+    """
 
     def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, callbacks: Sequence[RoundCallback] = ()) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress
         self.directory = RunDir(self.run_dir)
-        self.privacy: RunPrivacy | None = None
+        self.privacy: RunPrivacy | NoPrivacy = NoPrivacy(cfg.protocol.name)
         self.defense = None
+        self.callbacks: list[RoundCallback] = [*default_callbacks(), *callbacks]
         self._staging: Path | None = None
         self._resume_state: RunState | None = None
+        self._overwrite = overwrite
+        self.started = False
         self.notes: list[str] = []
         try:
-            self._set_up(resume, overwrite)
+            self._resuming = self._check(resume, overwrite)
         except BaseException:
             self.close()
             raise
 
     # -- set-up ---------------------------------------------------------------------------
-    def _set_up(self, resume: bool, overwrite: bool) -> None:
-        """Check everything in memory first; claim and write the directory only then."""
+    def _check(self, resume: bool, overwrite: bool) -> bool:
+        """Everything that can refuse the configuration, in memory; return whether resuming."""
         cfg = self.cfg
         resuming = self._check_directory(resume, overwrite)
         torch.manual_seed(cfg.federated.seed)
         self.split = self._prepare_split(fresh=overwrite and not resuming)
-        # Everything that can refuse the configuration runs before the directory is claimed.
         self.local_cfg = local_config(cfg)
         self.public = public_users(self.split.n_users, cfg.data.public_fraction,
                                    cfg.federated.seed)
         probe = build_model(cfg.model, self.split.n_items)
         from ffm_private.run_view import prepare_privacy  # the one place the plan is derived
 
-        self.privacy = prepare_privacy(cfg, self.run_dir, self.split, self.local_cfg,
-                                       resume=resuming)
-        if self.privacy is not None and self.privacy.example_dp is not None:
+        self.privacy = (prepare_privacy(cfg, self.run_dir, self.split, self.local_cfg,
+                                        resume=resuming) or NoPrivacy(cfg.protocol.name))
+        if self.privacy.example_dp is not None:
             self.local_cfg = dataclasses.replace(self.local_cfg,
                                                  example_dp=self.privacy.example_dp)
+        statistics = registry.protocol_class(cfg.protocol.name).private_statistics_option
+        options = self.privacy.protocol_options(cfg.protocol.options, statistics)
         try:
-            self.protocol = registry.create(cfg.protocol.name, self._protocol_options())
+            self.protocol = registry.create(cfg.protocol.name, options)
         except (ValueError, TypeError, OverflowError) as err:  # the protocol reads its options
             raise config_mod.ConfigError(f"[protocol] {err}") from err
-        if self.privacy is not None:
-            self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
+        self.privacy.bind_protocol(self.protocol, SharedSpec.of(probe).size)
         self._check_protocol_fits()
         self.defense = make_defense(cfg.defense, self.run_dir, self.public,
                                     self._attributes, SharedSpec.of(probe).size)
-        given = self._given_backbone()
-        if given is None and not (resuming and self._backbone_path().exists()):
+        self._given = self._given_backbone()
+        if self._given is None and not (resuming and self._backbone_path().exists()):
             self._check_public_users()
+        self.secrets = SecretStore(self.run_dir, test_seed=self.privacy.test_seed)
+        if resuming:
+            self._check_resume()
+        return resuming
+
+    def _check_resume(self) -> None:
+        """Refuse, reading only, to resume over a lost or altered ledger, log or secret."""
+        self._resume_state = self._read_checkpoint()
+        self.privacy.check_resume(self.secrets)
+        if self._resume_state is not None:
+            self._verify_privacy_state(self._resume_state)
+            self.privacy.check_secrets(self.secrets, self._resume_state.privacy or {})
+
+    def start(self) -> Simulation:
+        """Claim the run directory and write what the run needs; idempotent; returns ``self``."""
+        if self.started:
+            return self
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        self.started = True
+        return self
+
+    def _start(self) -> None:
+        cfg, resuming = self.cfg, self._resuming
         # -- claim: marker first, then the lock; only now is anything written ---------------
         self.directory.claim()
-        if overwrite and not resuming:
+        if self._overwrite and not resuming:
             left = self.directory.clear()
             if left:
                 self._say(f"--overwrite kept {len(left)} entr{'y' if len(left) == 1 else 'ies'} "
                           f"it did not create in {self.run_dir}: {', '.join(left[:5])}")
         self._install_data()
-        if resuming:
-            self._resume_state = self.load_checkpoint()
-            if self._resume_state is not None:
-                self._verify_privacy_state(self._resume_state)
         atomic_write_bytes(self.run_dir / "config.toml", config_mod.to_toml(cfg).encode())
-        test_seed = (self.privacy.cfg.noise_seed if self.privacy is not None
-                     and self.privacy.cfg.noise_seed >= 0 else None)
-        self.secrets = SecretStore(self.run_dir, test_seed=test_seed)
-        if self.privacy is not None:
-            self.privacy.start(self.secrets, resuming=resuming)
-            if self._resume_state is not None:
-                self._verify_secrets(self._resume_state)
-        self.backbone = given if given is not None else self._backbone()
+        self.privacy.start(self.secrets, resuming=resuming)
+        self.backbone = self._given if self._given is not None else self._backbone()
         self.workspace = self._model(1)
         self.spec = SharedSpec.of(self.workspace)
         self.observer = ObservationRecorder(
@@ -328,10 +354,15 @@ class Simulation:
             total_rounds=cfg.federated.rounds, seed=cfg.federated.seed,
             extra={"model": cfg.model.kind, "n_users": self.split.n_users})
 
+    def __enter__(self) -> Simulation:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def close(self) -> None:
         """Release the run lock and the ledger; drop staged data (idempotent)."""
-        if self.privacy is not None:
-            self.privacy.close()
+        self.privacy.close()
         self.directory.unlock()
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
@@ -449,29 +480,9 @@ class Simulation:
 
     def user_ids(self) -> list[str]:
         """The dataset's id of each client (internal index -> id in the source files)."""
-        raw = self.split.raw_user_ids
-        return [str(u) for u in (raw if raw is not None else range(self.split.n_users))]
+        from ffm_private.run_view import user_ids
 
-    def _protocol_options(self) -> dict[str, Any]:
-        """Protocol options; distributed DP noise needs the protocol to abort below m shares.
-
-        The check must happen inside the protocol: once a secure protocol unmasks or decrypts
-        a sum with too few noise shares, discarding it afterwards is too late.
-        """
-        options = dict(self.cfg.protocol.options)
-        statistics = registry.protocol_class(self.cfg.protocol.name).private_statistics_option
-        if (self.privacy is not None and self.privacy.plan.noise_placement == "distributed"
-                and statistics):
-            # the untrusted server must not learn an un-noised statistic of the updates
-            options.setdefault(statistics, False)
-        if self.privacy is not None and self.privacy.plan.noise_placement == "distributed":
-            m = self.privacy.cfg.min_survivors
-            if options.setdefault("min_clients", m) < m:
-                raise config_mod.ConfigError(
-                    f"protocol.options.min_clients = {options['min_clients']} is below "
-                    f"privacy.min_survivors = {m}: the protocol would reveal sums with fewer "
-                    "noise shares than the guarantee needs")
-        return options
+        return user_ids(self.split)
 
     def _model(self, num_personal: int) -> Recommender:
         model = build_model(self.cfg.model, self.split.n_items, num_personal)
@@ -495,12 +506,6 @@ class Simulation:
         save_arrays(path, state)
         return state
 
-    def initial_state(self) -> RunState:
-        torch.manual_seed(self.cfg.federated.seed)
-        init = build_model(self.cfg.model, self.split.n_items, 1)
-        personal = init.init_personal_states(self.split.n_users, self.cfg.federated.seed)
-        return RunState(0, state_of(init, SHARED), PersonalStore(personal), [])
-
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
         """Write round-NNNN/ (arrays, then state.json with their checksums), then LATEST."""
@@ -509,9 +514,8 @@ class Simulation:
         files = {"global.npz": save_arrays(ckpt / "global.npz", state.shared),
                  "personal.npz": state.personal.save(ckpt / "personal.npz")}
         meta: dict[str, Any] = {"round": state.round_id, "history": state.history,
-                                "files": files, "privacy": self._privacy_fingerprint(state)}
-        if self.privacy is not None:  # e.g. the adaptive clip: a resumed round uses the same
-            meta["mechanism_state"] = self.privacy.mechanism.state()
+                                "files": files, "privacy": self._privacy_fingerprint(state),
+                                **self.privacy.mechanism_checkpoint()}
         meta["checksum"] = _digest(meta)
         atomic_write_json(ckpt / STATE_FILE, meta)
         atomic_write_bytes(self.run_dir / CHECKPOINTS / LATEST, ckpt.name.encode())
@@ -519,48 +523,41 @@ class Simulation:
         for old in rounds[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _privacy_fingerprint(self, state: RunState) -> dict[str, Any] | None:
+    def _privacy_fingerprint(self, state: RunState) -> dict[str, Any]:
         """What the privacy state must be at this checkpoint (see privacy/fingerprint.py)."""
-        out: dict[str, Any] = {"observations": fingerprint.observation_fingerprint(
-            self.run_dir / "observations", state.round_id)}
-        if self.privacy is not None:
-            out["ledger"] = fingerprint.ledger_fingerprint(
-                self.run_dir / PRIVACY_DIR / fingerprint.LEDGER_FILE, state.round_id)
-            out["secrets"] = self.privacy.secrets_fingerprint()
-        return out
+        return {"observations": fingerprint.observation_fingerprint(
+            self.run_dir / "observations", state.round_id),
+            **self.privacy.fingerprints(state.round_id)}
 
     def load_checkpoint(self) -> RunState | None:
         """The latest usable checkpoint (see :func:`latest_checkpoint`), its mechanism restored."""
+        self._require_started()
         if self._resume_state is not None:
             return self._resume_state
+        return self._read_checkpoint()
+
+    def _read_checkpoint(self) -> RunState | None:
         found = latest_checkpoint(self.run_dir, say=self._say, notes=self.notes)
         if found is None:
             return None
         state, mechanism_state = found
-        if self.privacy is not None and mechanism_state:
+        if mechanism_state:
             self.privacy.mechanism.load_state(mechanism_state)
         return state
 
     def _verify_privacy_state(self, state: RunState) -> None:
         """Refuse to resume over a lost or altered ledger or observation log.
 
-        (Lost or changed secrets are refused once the secret store is open:
-        :meth:`_verify_secrets`, and the server's secret by ``RunPrivacy.start``.)
+        (Lost or changed secrets: ``RunPrivacy.check_secrets`` and ``check_resume``.)
         """
         recorded = state.privacy or {}
         fingerprint.check_observations(self.run_dir / "observations", state.round_id,
                                        recorded.get("observations", []))
-        if self.privacy is None:
-            return
-        folder = self.run_dir / PRIVACY_DIR
-        if "ledger" in recorded:
-            fingerprint.check_ledger(folder / fingerprint.LEDGER_FILE, state.round_id,
-                                     recorded["ledger"])
+        self.privacy.check_checkpoint(recorded, state.round_id)
 
-    def _verify_secrets(self, state: RunState) -> None:
-        recorded = (state.privacy or {}).get("secrets")
-        if recorded is not None and self.privacy is not None:
-            self.privacy.verify_secrets(recorded)
+    def _require_started(self) -> None:
+        if not self.started:
+            raise RuntimeError("Simulation.start() has not been called (run() calls it)")
 
     # -- the loop -----------------------------------------------------------------------------
     def evaluate(self, state: RunState) -> dict[str, float]:
@@ -570,25 +567,34 @@ class Simulation:
         return evaluate_model(model, self.split, k=self.cfg.evaluation.k,
                               full_ranking=self.cfg.evaluation.full_ranking)
 
-    def run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
+    def initial_state(self) -> RunState:
+        self._require_started()
+        torch.manual_seed(self.cfg.federated.seed)
+        init = build_model(self.cfg.model, self.split.n_items, 1)
+        personal = init.init_personal_states(self.split.n_users, self.cfg.federated.seed)
+        return RunState(0, state_of(init, SHARED), PersonalStore(personal), [])
+
+    def run_round(self, state: RunState, round_id: int) -> RoundResult:
+        """Play one round on ``state`` (updated in place); the loop's callbacks do the rest."""
+        self._require_started()
         with client_threads(self.cfg.federated.client_threads):
             return self._run_round(state, round_id)
 
-    def _run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
+    def _select(self, round_id: int) -> Selection:
+        """Who takes part: the privacy's budget check, then the round's public sample."""
         f = self.cfg.federated
-        users = list(range(self.split.n_users))
 
-        def sample(pool: list[int]) -> list[int]:
+        def sample(pool: Sequence[int]) -> list[int]:
             return [pool[i] for i in sample_clients(len(pool), f.client_fraction, round_id, f.seed)]
 
-        if self.privacy is None:
-            sampled, declined, pool_size = sample(users), [], len(users)
-        else:
-            selection = self.privacy.select(round_id, users, sample)
-            sampled, declined, pool_size = (selection.sampled, selection.declined,
-                                            selection.pool_size)
+        return self.privacy.select(round_id, list(range(self.split.n_users)), sample)
+
+    def _run_round(self, state: RunState, round_id: int) -> RoundResult:
+        f = self.cfg.federated
+        selection = self._select(round_id)
+        sampled, declined = selection.sampled, list(selection.declined)
         server = Server(self.spec, state.shared, self.protocol, f.server_lr,
-                        averager=self._averager(pool_size))
+                        averager=self.privacy.averager(selection.pool_size, self.spec.size))
         message = server.broadcast(round_id)
         if self.defense is not None:  # the public basis travels with the broadcast
             message = self.defense.attach(message, lambda m, u: self._public_update(state, m, u))
@@ -600,35 +606,26 @@ class Simulation:
                                  f.seed, memory_budget_mb=f.memory_budget_mb)
                    if f.engine == "batched" else None)
         for cid in bar:
-            if trained is not None:
-                result = trained.pop(cid)
-            else:
-                generator = (self.privacy.client_generator(round_id, cid) if self.privacy
-                             else None)
-                result = train_client(self.workspace, message, state.personal.get(cid),
-                                      self._client_data(cid), self.local_cfg, f.seed,
-                                      generator=generator)
+            result = (trained.pop(cid) if trained is not None else
+                      train_client(self.workspace, message, state.personal.get(cid),
+                                   self._client_data(cid), self.local_cfg, f.seed,
+                                   generator=self.privacy.client_generator(round_id, cid)))
             losses.append(result.metrics["shared_loss"])
-            update = result.update
-            if self.privacy is not None:
-                released = self.privacy.release(round_id, cid, update.delta, result.dp)
-                if released is None:  # declined: nothing leaves, the personal state is discarded
-                    declined.append(cid)
-                    continue
-                # only the protected vector leaves: no example count, no losses
-                update = dataclasses.replace(update, delta=released, num_examples=0, metrics={})
+            update = self.privacy.protect(round_id, cid, result.update, result.dp)
+            if update is None:  # declined: nothing leaves, the personal state is discarded
+                declined.append(cid)
+                continue
             state.personal.put(cid, result.personal)
             updates[cid] = update
         # each client keys its protocol randomness (stochastic rounding) from its own secret
         secrets = (None if self.protocol.reveals_individual_updates
                    else self.secrets.protocol_secrets(round_id, sorted(updates)))
-        encoding = self.privacy.mechanism.encoding if self.privacy is not None else "float"
         outcome = server.aggregate(round_id, updates, seed=f.seed, secrets=secrets,
-                                   encoding=encoding)
+                                   encoding=self.privacy.mechanism.encoding)
         state.shared = server.shared
-        self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
-        return self._round_row(round_id, sampled, outcome, losses, declined)
+        return RoundResult(round_id, self._round_row(round_id, sampled, outcome, losses, declined),
+                           message.shared, sampled, outcome)
 
     def _round_row(self, round_id: int, sampled: list[int], outcome: Any, losses: list[float],
                    declined: list[int], *, dropped: int | None = None,
@@ -646,9 +643,7 @@ class Simulation:
             "update_norm": outcome.update_norm,
             "bytes_up": outcome.bytes_up,
         }
-        if self.privacy is not None:
-            row["declined"] = len(declined)
-            row["epsilon"] = self.privacy.epsilon_after_rounds(round_id)
+        row.update(self.privacy.round_fields(round_id, declined))
         return row
 
     def _client_data(self, cid: int) -> ClientData:
@@ -663,19 +658,6 @@ class Simulation:
                               self.cfg.federated.seed)
         return result.update.delta
 
-    def _averager(self, pool_size: int) -> Averager:
-        """The server step of the run's mechanism (the null mechanism without DP)."""
-        if self.privacy is None:
-            return plain_mean
-        privacy, dim = self.privacy, self.spec.size
-
-        def dp_mean(round_id: int, result: AggregateResult | None) -> np.ndarray:
-            total = None if result is None else result.total
-            contributors = 0 if result is None else len(result.contributors)
-            return privacy.average(round_id, total, contributors, pool_size, dim)
-
-        return dp_mean
-
     def run(self) -> dict[str, Any]:
         """Run (or resume) to the configured number of rounds; return the summary."""
         try:
@@ -684,29 +666,20 @@ class Simulation:
             self.close()
 
     def _run(self) -> dict[str, Any]:
-        f = self.cfg.federated
+        """The loop: play each round, then hand it to the callbacks (see :mod:`.callbacks`)."""
+        self.start()
         state = self.load_checkpoint() or self.initial_state()
-        metrics_path = self.run_dir / "metrics.jsonl"
-        # rewrite the metrics file from the checkpoint: drops any line past the last checkpoint
-        atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in state.history).encode())
-        self.observer.truncate_after(state.round_id)
-        if state.round_id > 0:
-            self._say(f"resuming {self.run_dir} after round {state.round_id}/{f.rounds}")
-        for round_id in range(state.round_id + 1, f.rounds + 1):
-            start = time.perf_counter()
-            row = self.run_round(state, round_id)
-            self._check_finite(state, round_id)
-            if row.get("aborted"):
-                self._say(f"round {round_id}/{f.rounds} aborted: {row['aborted']}")
-            if round_id % f.eval_every == 0 or round_id == f.rounds:
-                row.update(self.evaluate(state))
-                self._say(self._line(row))
-            row["seconds"] = round(time.perf_counter() - start, 3)
-            state.history.append(row)
-            self.save_checkpoint(state)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        self.observer.release(state.shared, state.round_id)
+        for callback in self.callbacks:
+            callback.on_start(self, state)
+        for round_id in range(state.round_id + 1, self.cfg.federated.rounds + 1):
+            for callback in self.callbacks:
+                callback.before_round(self, state, round_id)
+            result = self.run_round(state, round_id)
+            state.history.append(result.row)
+            for callback in self.callbacks:
+                callback.after_round(self, state, result)
+        for callback in self.callbacks:
+            callback.on_end(self, state)
         summary = self.write_summary(state)
         if summary["rounds_applied"] == 0:
             raise NoRoundAppliedError(
@@ -714,17 +687,6 @@ class Simulation:
                 f"({summary['abort_reasons'][0] if summary['abort_reasons'] else '?'}): "
                 f"the model in {self.run_dir} was never trained; see summary.md")
         return summary
-
-    def _check_finite(self, state: RunState, round_id: int) -> None:
-        """Stop a diverged run: NaN or infinite shared parameters make every metric void."""
-        bad = [k for k, v in state.shared.items() if not np.all(np.isfinite(v))]
-        if bad:
-            f = self.cfg.federated
-            raise DivergedError(
-                f"round {round_id}: the shared model became non-finite (NaN or infinity in "
-                f"{', '.join(bad[:3])}); the last finite checkpoint is kept. Lower "
-                f"federated.server_lr (= {f.server_lr!r}) or federated.lr (= {f.lr!r}) and "
-                "start a new run")
 
     # -- reporting ----------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -763,9 +725,8 @@ class Simulation:
             "popularity_baseline": evaluate_popularity(self.split, k=k),
             "shared_parameters": self.spec.size,
             "protocol": self.protocol.describe(),
-            "privacy": (self.privacy.statement(state.round_id, with_ledger=True)
-                        if self.privacy else NO_DP),
-            "privacy_details": self.privacy.report(state.round_id) if self.privacy else None,
+            "privacy": self.privacy.statement(state.round_id, with_ledger=True),
+            "privacy_details": self.privacy.report(state.round_id),
             "seconds_per_round": float(np.mean([r["seconds"] for r in state.history])),
             "notes": list(self.notes),
         }

@@ -137,17 +137,18 @@ class Node:
     def privacy(self, cfg: Config, rows: UserRows):
         """The node's own privacy: the run's plan, its own secret, its own ledger and cap.
 
-        ``None`` without DP. The plan is derived from the public configuration exactly as the
+        :class:`~ffm_private.privacy.run.NoPrivacy` without DP. The plan is derived from the public configuration exactly as the
         server derives it (and saved in the node directory); the noise and DP-SGD secret is
         generated here and never leaves; the ledger under ``<node-dir>/privacy/`` charges
         this user's spends with the cap from the node config (the plan's budget otherwise).
         """
-        if not cfg.privacy or str(cfg.privacy.get("mode", "none")) == "none":
-            return None
         from ffm_private.models import PERSONAL, SharedSpec, build_model, params_of
         from ffm_private.pretrain import public_users
         from ffm_private.privacy.client_secrets import SecretStore
-        from ffm_private.privacy.run import PRIVACY_DIR, RunPrivacy
+        from ffm_private.privacy.run import PRIVACY_DIR, NoPrivacy, RunPrivacy
+
+        if not cfg.privacy or str(cfg.privacy.get("mode", "none")) == "none":
+            return NoPrivacy(cfg.protocol.name)
         from ffm_private.simulation import local_config
         from protocols import registry
 
@@ -193,12 +194,13 @@ class Node:
         priv = self.privacy(cfg, rows)
         try:
             local = local_config(cfg)
-            generator = None
-            if priv is not None:
-                self._charge_eligibility(priv, rows, round_id)
-                if priv.example_dp is not None:
-                    local = dataclasses.replace(local, example_dp=priv.example_dp)
-                generator = priv.client_generator(round_id, rows.index)
+            refused = priv.charge_rounds_up_to(rows.index, round_id)
+            if refused is not None:
+                raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: its "
+                                  f"own ledger says round {refused}'s spend would exceed its cap")
+            if priv.example_dp is not None:
+                local = dataclasses.replace(local, example_dp=priv.example_dp)
+            generator = priv.client_generator(round_id, rows.index)
             if cfg.protocol.name == "secagg" and secagg_start is None:
                 raise NodeRefusal(f"node for user {self.user}: a SecAgg+ round must start with "
                                   "the server's round_start message")
@@ -207,20 +209,17 @@ class Node:
             result = train_client(model, message, self._personal(cfg, rows),
                                   ClientData(rows.index, rows.train, rows.excluded),
                                   local, cfg.federated.seed, generator=generator)
-            delta = np.asarray(result.update.delta)
+            update = priv.protect(round_id, rows.index, result.update, result.dp)
+            if update is None:  # nothing leaves; the personal state is discarded
+                raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: "
+                                  "its own ledger says this spend would exceed its cap")
+            delta = np.asarray(update.delta)
             reply: dict[str, Any] = {"user": rows.index, "round": round_id}
-            if priv is None:
-                reply["num_examples"] = int(result.update.num_examples)
-                reply.update({k: float(v) for k, v in result.update.metrics.items()})
-            else:
-                released = priv.release(round_id, rows.index, delta, result.dp)
-                if released is None:  # nothing leaves; the personal state is discarded
-                    raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: "
-                                      "its own ledger says this spend would exceed its cap")
-                delta = np.asarray(released)
+            if update.num_examples:  # only without DP: a protected update carries no count
+                reply["num_examples"] = int(update.num_examples)
+            reply.update({k: float(v) for k, v in update.metrics.items()})
         finally:
-            if priv is not None:
-                priv.close()
+            priv.close()
         self.state.save_personal(result.personal, round_id)
         if secagg_start is not None:  # the update stays here; only its masked form will leave
             from ffm_private.flower.secagg import NodeSession
@@ -243,25 +242,13 @@ class Node:
         priv = self.privacy(cfg, rows)
         try:
             options = protocol_options(cfg, priv)
-            integer = priv is not None and priv.mechanism.encoding == "integer"
+            integer = priv.mechanism.encoding == "integer"
         finally:
-            if priv is not None:
-                priv.close()
+            priv.close()
         secret = SecretStore(self.state.root).protocol_secret(rows.index, round_id)
         return node_stage(NodeSession(self.state.root, round_id), stage, payload,
                           client=rows.index, options=options, integer=integer,
                           run_seed=cfg.federated.seed, secret=secret)
-
-    def _charge_eligibility(self, priv: Any, rows: UserRows, round_id: int) -> None:
-        """Central noise charges every round a user is eligible: the node charges each round
-        up to this one (it cannot know when it was eligible, so it assumes always)."""
-        if priv.plan.charge_basis != "eligibility" or not priv.protected(rows.index):
-            return
-        events = priv.plan.charge_events()
-        for r in range(1, round_id + 1):
-            if not priv.ledger.charge(self.user, r, events).admitted:
-                raise NodeRefusal(f"node for user {self.user}: declined round {round_id}: its "
-                                  f"own ledger says round {r}'s spend would exceed its cap")
 
     def evaluate(self, config_text: str, round_id: int, shared: Mapping[str, np.ndarray],
                  backbone: Mapping[str, np.ndarray] | None, backbone_digest: str
@@ -281,17 +268,11 @@ class Node:
 
 
 def protocol_options(cfg: Config, priv: Any) -> dict[str, Any]:
-    """The protocol options as the server derives them (``Simulation._protocol_options``):
-    distributed noise turns the private statistic off and aborts below ``min_survivors``."""
+    """The protocol options as the server derives them (``RunPrivacy.protocol_options``)."""
     from protocols import registry
 
-    options = dict(cfg.protocol.options)
-    if priv is not None and priv.plan.noise_placement == "distributed":
-        statistics = registry.protocol_class(cfg.protocol.name).private_statistics_option
-        if statistics:
-            options.setdefault(statistics, False)
-        options.setdefault("min_clients", priv.cfg.min_survivors)
-    return options
+    statistics = registry.protocol_class(cfg.protocol.name).private_statistics_option
+    return priv.protocol_options(cfg.protocol.options, statistics)
 
 
 def handle(node: Node, kind: str, arrays: Mapping[str, Mapping[str, np.ndarray]],

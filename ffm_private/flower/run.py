@@ -16,12 +16,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from ffm_private import config as config_mod
+from ffm_private.callbacks import RoundResult
 from ffm_private.config import Config
 from ffm_private.evaluation import hr_ndcg
 from ffm_private.flower.errors import FlowerDeploymentError
 from ffm_private.flower.node_state import digest_arrays
 from ffm_private.messages import ClientUpdate
-from ffm_private.server import Server, sample_clients
+from ffm_private.server import Server
 from ffm_private.simulation import RunState, Simulation
 from ffm_private.storage import PersonalStore
 
@@ -75,21 +76,20 @@ class FlowerRun(Simulation):
                 f"defense.kind = {cfg.defense.kind!r} does not run on Flower nodes yet; run it "
                 "in-process (ffm-private train)")
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress)
-        try:
-            self.config_text = config_mod.to_toml(cfg)
-            self.backbone_digest = digest_arrays(self.backbone)
-            self.user_node: dict[int, int] = {}
-            self.node_backbone: dict[int, str] = {}
-            self.connect()
-        except BaseException:
-            self.close()
-            raise
+        self.config_text = config_mod.to_toml(cfg)
+        self.user_node: dict[int, int] = {}
+        self.node_backbone: dict[int, str] = {}
+
+    def _start(self) -> None:
+        """The in-process start (directory, backbone), then ask the nodes whom they serve."""
+        super()._start()
+        self.backbone_digest = digest_arrays(self.backbone)
+        self.connect()
 
     @property
     def dim(self) -> int:
         """Length of what a node sends: the shared update plus the mechanism's coordinates."""
-        extra = self.privacy.mechanism.extra_coordinates if self.privacy is not None else 0
-        return self.spec.size + int(extra)
+        return self.spec.size + int(self.privacy.mechanism.extra_coordinates)
 
     # -- nodes ---------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -132,22 +132,13 @@ class FlowerRun(Simulation):
         state.personal = PersonalStore({})  # personal state lives on the nodes
         return state
 
-    def run_round(self, state: RunState, round_id: int) -> dict[str, Any]:
+    def run_round(self, state: RunState, round_id: int) -> RoundResult:
+        self._require_started()
         f = self.cfg.federated
-        users = list(range(self.split.n_users))
-
-        def sample(pool: list[int]) -> list[int]:
-            return [pool[i] for i in sample_clients(len(pool), f.client_fraction, round_id, f.seed)]
-
-        declined: list[int] = []
-        if self.privacy is None:
-            sampled, pool_size = sample(users), len(users)
-        else:  # the server's mirror of the ledgers; each node enforces its own
-            selection = self.privacy.select(round_id, users, sample)
-            sampled, declined, pool_size = (list(selection.sampled), list(selection.declined),
-                                            selection.pool_size)
+        selection = self._select(round_id)  # the server's mirror of the ledgers; nodes enforce
+        sampled, declined = list(selection.sampled), list(selection.declined)
         server = Server(self.spec, state.shared, self.protocol, f.server_lr,
-                        averager=self._averager(pool_size))
+                        averager=self.privacy.averager(selection.pool_size, self.spec.size))
         message = server.broadcast(round_id)
         reachable = [u for u in sampled if u in self.user_node]
         secagg = None
@@ -186,7 +177,7 @@ class FlowerRun(Simulation):
                 self._say(f"round {round_id}: {err}")
                 continue
             self.node_backbone[node] = self.backbone_digest
-            if not self._mirror(user, round_id, update.delta):
+            if not self.privacy.mirror_charge(user, round_id, update.delta):
                 declined.append(user)
                 continue
             updates[user] = update
@@ -196,24 +187,13 @@ class FlowerRun(Simulation):
             server.protocol = secagg.run_stages(updates)
         outcome = server.aggregate(round_id, updates, seed=f.seed)
         state.shared = server.shared
-        self.observer.record(round_id, message.shared, sampled, outcome, state.shared)
         state.round_id = round_id
         # sampled users that never answered (no node, or silent): dropouts, counted once
         missing = set(sampled) - set(updates) - set(refused) - set(declined)
-        return self._round_row(round_id, sampled, outcome, losses, declined,
-                               dropped=len(set(outcome.dropped) | missing),
-                               rejected=len(outcome.rejected) + len(refused))
-
-    def _mirror(self, user: int, round_id: int, delta: np.ndarray) -> bool:
-        """Record a participation in the server's mirror ledger (the node recorded it first)."""
-        priv = self.privacy
-        if priv is None or priv.plan.charge_basis != "participation" or \
-                not priv.protected(user):
-            return True
-        from ffm_private.privacy.run import update_digest
-
-        return priv.ledger.charge(self.user_ids()[user], round_id, priv.plan.charge_events(),
-                                  digest=update_digest(delta)).admitted
+        row = self._round_row(round_id, sampled, outcome, losses, declined,
+                              dropped=len(set(outcome.dropped) | missing),
+                              rejected=len(outcome.rejected) + len(refused))
+        return RoundResult(round_id, row, message.shared, sampled, outcome)
 
     def _update(self, user: int, node: int, round_id: int, reply: Reply) -> ClientUpdate:
         """The node's update, checked: its user, its round, one finite vector of the right size."""

@@ -53,7 +53,7 @@ class SecAggDriver:
         self.run, self.round_id = run, round_id
         protocol = run.protocol
         self.protocol = protocol
-        integer = run.privacy is not None and run.privacy.mechanism.encoding == "integer"
+        integer = run.privacy.mechanism.encoding == "integer"
         self.server = SecAggServer(round_id, users, run.dim, protocol.options,
                                    run_seed=run.cfg.federated.seed, replay=protocol._replay,
                                    integer=integer)

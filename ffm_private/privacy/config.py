@@ -73,6 +73,11 @@ class PrivacyConfig:
     ddg_gamma: float = _f(0.0, "discrete_gaussian: grid step of the integer shares (0: the "
                           "finest step whose sums of all clients' shares fit in the modulus, "
                           "true values plus 8 std of the summed noise; see docs/privacy.md).")
+    mechanism_kind: str = _f(AUTO, "auto (the built-in mechanism of mode, noise_placement, "
+                             "distributed_noise and adaptive_clipping) or the name of a "
+                             "mechanism registered with ffm_private.registry."
+                             "register_mechanism (docs/extending.md); it must serve the "
+                             "mode and placement and charge the plan's accounting events.")
     min_survivors: int = _f(0, "distributed: fewest clients whose noise shares must reach the "
                             "sum (honest survivors); the round is discarded below it.")
     expected_clients_per_round: float = _f(0.0, "user mode, central noise (required there): "
@@ -175,6 +180,7 @@ class PrivacyConfig:
             raise ConfigError("privacy.min_survivors applies only to noise_placement = "
                               "'distributed' in mode = 'user'")
         self._validate_distributed_noise(distributed)
+        self._validate_mechanism_kind()
         _num("privacy.expected_clients_per_round", self.expected_clients_per_round,
              allow_zero=True)
         if self.mode == "user" and not distributed and self.expected_clients_per_round <= 0:
@@ -203,6 +209,21 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.per_user_caps_file = {self.per_user_caps_file!r} must "
                               "be a .csv or .toml file")
         return self
+
+    def _validate_mechanism_kind(self) -> None:
+        if self.mechanism_kind == AUTO:
+            return
+        from ffm_private.registry import MECHANISMS, RegistryError
+
+        try:
+            cls = MECHANISMS.get(self.mechanism_kind)
+        except RegistryError as err:
+            raise ConfigError(f"privacy.mechanism_kind: {err} (import the module that "
+                              "registers it before the configuration is built)") from None
+        if self.mode != "none" and (self.mode, self.noise_placement) not in tuple(cls.serves):
+            raise ConfigError(f"privacy.mechanism_kind = {self.mechanism_kind!r} serves "
+                              f"{list(cls.serves)} (mode, noise_placement), not "
+                              f"({self.mode!r}, {self.noise_placement!r})")
 
     def _validate_distributed_noise(self, distributed: bool) -> None:
         if self.distributed_noise not in (AUTO, *DISTRIBUTED_NOISES):
@@ -443,7 +464,8 @@ class PrivacyConfig:
                              expected_clients=self.expected_clients_per_round,
                              rounding_margin=rounding_margin, adaptive=adaptive,
                              integer_modulus=integer_modulus, dim=dim,
-                             max_clients=max_clients, gamma=self.ddg_gamma)
+                             max_clients=max_clients, gamma=self.ddg_gamma,
+                             kind=self.mechanism_kind)
 
     def cap_for_plan(self, plan: PrivacyPlan) -> float:
         """The default per-user cap: ``default_cap`` if set, else the plan's epsilon."""

@@ -8,13 +8,17 @@ empty ledger (forgetting spent budget) or auditing a log with holes.
 
 Rows for rounds *after* the checkpoint are legitimate (a charge is committed before the
 update is released, so a crash mid-round leaves them) and are not part of the fingerprint.
-The ledger is opened read-only; this module never writes privacy state.
+The ledger is read from a snapshot (the database and its write-ahead log copied to a temporary
+directory): opening a WAL database in place, even read-only, creates its ``-shm`` and ``-wal``
+files, and a reader never writes into the run it reads. This module never writes privacy state.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +36,17 @@ def ledger_fingerprint(path: str | Path, round_id: int) -> dict[str, Any]:
     if not path.is_file():
         raise PrivacyStateError(f"{path}: the privacy ledger is missing")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute(_ROW_SQL, (int(round_id),)).fetchall()
-        finally:
-            db.close()
+        with tempfile.TemporaryDirectory(prefix="ffm-private-ledger-") as tmp:
+            copy = Path(tmp) / path.name
+            for suffix in ("", "-wal"):  # committed spends may still be in the log
+                source = path.with_name(path.name + suffix)
+                if source.is_file():
+                    shutil.copyfile(source, copy.with_name(copy.name + suffix))
+            db = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+            try:
+                rows = db.execute(_ROW_SQL, (int(round_id),)).fetchall()
+            finally:
+                db.close()
     except sqlite3.Error as err:
         raise PrivacyStateError(f"{path}: the privacy ledger is unreadable ({err})") from None
     h = hashlib.sha256()

@@ -69,10 +69,22 @@ class Mechanism:
     """The null mechanism (no privacy): the base every DP mechanism refines step by step."""
 
     name: ClassVar[str] = "none"
+    #: the ``(privacy.mode, privacy.noise_placement)`` pairs a registered mechanism implements
+    serves: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: every round releases a step, with or without contributors (noise-only if needed)
     releases_every_round: ClassVar[bool] = False
     #: coordinates a client appends to its update (summed with it, e.g. a clip count)
     extra_coordinates: ClassVar[int] = 0
+
+    @classmethod
+    def from_plan(cls, plan: Any, **context: Any) -> Mechanism:
+        """Build a registered mechanism for ``plan`` (``privacy.mechanism_kind``).
+
+        ``context`` holds what :func:`mechanism_for` knows: ``clipping_norm``,
+        ``min_survivors``, ``expected_clients``, ``rounding_margin``, ``adaptive``,
+        ``integer_modulus``, ``dim``, ``max_clients``, ``gamma``.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement from_plan")
 
     def state(self) -> dict[str, float]:
         """Mechanism state a checkpoint must keep (none for stateless mechanisms)."""
@@ -408,7 +420,7 @@ class DistributedDiscreteGaussian(Mechanism):
 def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                   expected_clients: float = 0.0, rounding_margin: float = 0.0,
                   adaptive: Any = None, integer_modulus: int | None = None, dim: int = 0,
-                  max_clients: int = 0, gamma: float = 0.0) -> Mechanism:
+                  max_clients: int = 0, gamma: float = 0.0, kind: str = "auto") -> Mechanism:
     """The production mechanism of a :class:`~ffm_private.privacy.planner.PrivacyPlan`.
 
     The one place a plan becomes a mechanism: the simulation and the A6 audit both call it.
@@ -416,10 +428,17 @@ def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
     required when the plan uses adaptive clipping. A discrete-Gaussian plan is calibrated
     here once the protocol's ``integer_modulus``, the vector length ``dim`` and the largest
     round ``max_clients`` are known (``gamma`` 0: the default grid step); without a modulus
-    it is returned unbound.
+    it is returned unbound. ``kind`` other than ``auto`` names a mechanism registered with
+    :func:`ffm_private.registry.register_mechanism`; it must serve the plan's mode and
+    placement and charge exactly the plan's accounting events (the claim is the plan's).
     """
     if plan is None:
         return NULL_MECHANISM
+    if kind != "auto":
+        return _registered(kind, plan, clipping_norm=clipping_norm, min_survivors=min_survivors,
+                           expected_clients=expected_clients, rounding_margin=rounding_margin,
+                           adaptive=adaptive, integer_modulus=integer_modulus, dim=dim,
+                           max_clients=max_clients, gamma=gamma)
     if getattr(plan, "adaptive_clipping", False):
         from ffm_private.privacy.adaptive_clipping import AdaptiveClipper
 
@@ -444,6 +463,24 @@ def mechanism_for(plan: Any, *, clipping_norm: float, min_survivors: int = 0,
                                    rounding_margin=rounding_margin)
     return CentralGaussian(plan.noise_multiplier, clipping_norm, expected_clients,
                            client_rate=plan.client_rate)
+
+
+def _registered(kind: str, plan: Any, **context: Any) -> Mechanism:
+    from ffm_private.registry import MECHANISMS
+
+    cls = MECHANISMS.get(kind)
+    placement = getattr(plan, "noise_placement", "central")
+    if (plan.mode, placement) not in tuple(cls.serves):
+        raise UnsupportedClaimError(
+            f"privacy.mechanism_kind = {kind!r} serves {list(cls.serves)} (mode, "
+            f"noise_placement), not ({plan.mode!r}, {placement!r})")
+    mechanism = cls.from_plan(plan, **context)
+    if tuple(mechanism.events()) != tuple(plan.charge_events()):
+        raise UnsupportedClaimError(
+            f"privacy.mechanism_kind = {kind!r} charges {mechanism.events()} per "
+            f"participation, the plan accounts for {plan.charge_events()}: the claim would not "
+            "be the plan's")
+    return mechanism
 
 
 __all__ = ["NULL_MECHANISM", "AdaptiveCentralGaussian", "CentralGaussian",

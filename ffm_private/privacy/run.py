@@ -25,6 +25,10 @@ one place; the A6 audit runs the same object. The plan is searched once and save
 ``<run>/privacy/plan.json``; the ledger is ``<run>/privacy/ledger.sqlite``; the secrets live
 with their owners (:mod:`ffm_private.privacy.client_secrets`).
 
+A run without DP holds :class:`NoPrivacy`, the null object with the same methods: everyone
+is eligible, updates leave as they are, the server takes the plain mean, nothing is charged or
+written. The loop therefore never asks whether a run is private.
+
 Users of the public pretraining split are not protected: their data trained the backbone
 without DP. They take part as clients (their updates pass through the same mechanism) but are
 never charged, and the guarantee and the delta check cover the other users only.
@@ -32,6 +36,7 @@ never charged, and the guarantee and the delta check cover the other users only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -44,13 +49,14 @@ import torch
 
 from ffm_private.client import LocalTrainingConfig
 from ffm_private.config import ConfigError
+from ffm_private.privacy import fingerprint
 from ffm_private.privacy.client_secrets import SERVER, MissingSecretError, SecretStore
 from ffm_private.privacy.config import PrivacyConfig
 from ffm_private.privacy.dpsgd import DPRunReport, ExampleDP, torch_generator
 from ffm_private.privacy.errors import UnsupportedClaimError
-from ffm_private.privacy.guarantee import guarantee_statement
+from ffm_private.privacy.guarantee import NO_DP, guarantee_statement
 from ffm_private.privacy.ledger import PrivacyLedger
-from ffm_private.privacy.mechanism import Mechanism, ReleaseContext
+from ffm_private.privacy.mechanism import NULL_MECHANISM, Mechanism, ReleaseContext
 from ffm_private.privacy.mechanisms import distributed_noise_std, poisson_sample
 from ffm_private.privacy.planner import PrivacyPlan
 
@@ -194,9 +200,18 @@ class RunPrivacy:
                                      default_cap=self.cfg.cap_for_plan(self.plan),
                                      caps=self.caps)
         self._secrets = secrets
-        if resuming and self._ledger.summary()["users_charged"]:
-            self._secrets.secret(SERVER, must_exist=True)
+        if resuming:
+            self.check_resume(secrets)
         return self
+
+    def check_resume(self, secrets: SecretStore) -> None:
+        """Refuse to resume without the server's secret once anything was charged (reads only).
+
+        A new secret would release different noise and a different sample for replayed rounds.
+        """
+        ledger = self.folder / fingerprint.LEDGER_FILE
+        if ledger.is_file() and fingerprint.ledger_fingerprint(ledger, 2**62)["rows"]:
+            secrets.secret(SERVER, must_exist=True)
 
     @property
     def ledger(self) -> PrivacyLedger:
@@ -296,21 +311,123 @@ class RunPrivacy:
         rng = self.secrets.noise(SERVER).generator(round_id, SERVER, purpose=_SERVER_NOISE)
         return self.mechanism.server_transform(total, ctx, rng)
 
-    # -- state checks -------------------------------------------------------------------------
-    def secrets_fingerprint(self) -> dict[str, str]:
-        """Fingerprints of the secrets in use (checked on resume; reveal nothing)."""
-        return self.secrets.fingerprint([SERVER, *range(len(self.user_ids))])
 
-    def verify_secrets(self, saved: dict[str, str]) -> None:
+    def protect(self, round_id: int, client: int, update: Any,
+                report: DPRunReport | None = None) -> Any:
+        """The :class:`~ffm_private.messages.ClientUpdate` that leaves the client, or ``None``.
+
+        :meth:`release` applied to the update's vector; only the protected vector leaves:
+        the example count and the losses are dropped (they are statistics of private data).
+        """
+        released = self.release(round_id, client, update.delta, report)
+        if released is None:
+            return None
+        return dataclasses.replace(update, delta=released, num_examples=0, metrics={})
+
+    def averager(self, pool_size: int, dim: int) -> Callable[[int, Any], np.ndarray]:
+        """The server step for a round whose eligible pool had ``pool_size`` users."""
+
+        def dp_mean(round_id: int, result: Any) -> np.ndarray:
+            total = None if result is None else result.total
+            contributors = 0 if result is None else len(result.contributors)
+            return self.average(round_id, total, contributors, pool_size, dim)
+
+        return dp_mean
+
+    def protocol_options(self, options: Mapping[str, Any],
+                         statistics_option: str | None) -> dict[str, Any]:
+        """The protocol's options as this mechanism needs them.
+
+        Distributed noise: the protocol must abort below ``min_survivors`` shares (the check
+        must happen inside the protocol: once a sum with too few noise shares is unmasked or
+        decrypted, discarding it is too late), and it must not report an un-noised statistic
+        of the updates (``statistics_option``, e.g. HE's clipped count) to the untrusted server.
+        """
+        out = dict(options)
+        if self.plan.noise_placement != "distributed":
+            return out
+        if statistics_option:
+            out.setdefault(statistics_option, False)
+        m = self.cfg.min_survivors
+        if out.setdefault("min_clients", m) < m:
+            raise ConfigError(
+                f"protocol.options.min_clients = {out['min_clients']} is below "
+                f"privacy.min_survivors = {m}: the protocol would reveal sums with fewer "
+                "noise shares than the guarantee needs")
+        return out
+
+    def mirror_charge(self, client: int, round_id: int, delta: np.ndarray) -> bool:
+        """Record, on the server's mirror ledger, a participation a node charged first.
+
+        In a deployment each node keeps its user's ledger and charges before it sends; the
+        server's copy decides eligibility in later rounds. ``False``: the mirror refuses.
+        """
+        if self.plan.charge_basis != "participation" or not self.protected(client):
+            return True
+        return self.ledger.charge(self.user_ids[client], round_id, self.plan.charge_events(),
+                                  digest=update_digest(delta)).admitted
+
+    def charge_rounds_up_to(self, client: int, round_id: int) -> int | None:
+        """On a node, central noise: charge each round up to ``round_id`` (idempotent).
+
+        Central noise charges a user every round it is eligible; a node cannot know when it
+        was, so it assumes always. Returns the first round whose charge its cap refuses.
+        """
+        if self.plan.charge_basis != "eligibility" or not self.protected(client):
+            return None
+        events = self.plan.charge_events()
+        for r in range(1, round_id + 1):
+            if not self.ledger.charge(self.user_ids[client], r, events).admitted:
+                return r
+        return None
+
+    def round_fields(self, round_id: int, declined: Sequence[int]) -> dict[str, Any]:
+        """What a round's metrics line says about privacy: declines and epsilon so far."""
+        return {"declined": len(declined), "epsilon": self.epsilon_after_rounds(round_id)}
+
+    @property
+    def test_seed(self) -> int | None:
+        """``privacy.noise_seed`` when set (tests only: then the run protects nothing)."""
+        return self.cfg.noise_seed if self.cfg.noise_seed >= 0 else None
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def mechanism_checkpoint(self) -> dict[str, Any]:
+        """The mechanism's state for a checkpoint's ``state.json`` (e.g. the adaptive clip)."""
+        return {"mechanism_state": self.mechanism.state()}
+
+    def fingerprints(self, round_id: int) -> dict[str, Any]:
+        """What a checkpoint records of the privacy state (checked again on resume)."""
+        return {"ledger": fingerprint.ledger_fingerprint(self.folder / fingerprint.LEDGER_FILE,
+                                                         round_id),
+                "secrets": self.secrets_fingerprint()}
+
+    def check_checkpoint(self, recorded: Mapping[str, Any], round_id: int) -> None:
+        """Refuse to resume over a lost or altered ledger (before the secrets are opened)."""
+        if "ledger" in recorded:
+            fingerprint.check_ledger(self.folder / fingerprint.LEDGER_FILE, round_id,
+                                     recorded["ledger"])
+
+    def check_secrets(self, secrets: SecretStore, recorded: Mapping[str, Any]) -> None:
+        """Refuse to resume when a secret the checkpoint used is gone or changed (reads only)."""
+        if recorded.get("secrets") is not None:
+            self.verify_secrets(recorded["secrets"], secrets)
+
+    # -- state checks -------------------------------------------------------------------------
+    def secrets_fingerprint(self, secrets: SecretStore | None = None) -> dict[str, str]:
+        """Fingerprints of the secrets in use (checked on resume; reveal nothing)."""
+        return (secrets or self.secrets).fingerprint([SERVER, *range(len(self.user_ids))])
+
+    def verify_secrets(self, saved: dict[str, str], secrets: SecretStore | None = None) -> None:
         """Refuse to resume when a secret the checkpoint used is gone or changed.
 
         (A secret first created after the checkpoint and lost with the crash is caught by the
         ledger instead: the replayed release has a different digest.)
         """
-        now = self.secrets_fingerprint()
+        store = secrets or self.secrets
+        now = self.secrets_fingerprint(store)
         for party, digest in saved.items():
             if now.get(party) != digest:
-                where = self.secrets.path(party if party == SERVER else int(party))
+                where = store.path(party if party == SERVER else int(party))
                 state = "is missing" if party not in now else "has changed"
                 raise MissingSecretError(
                     f"{where} {state} since the last checkpoint: the rounds already released "
@@ -356,6 +473,89 @@ class RunPrivacy:
             "users_with_declines": ledger["users_with_declines"],
             "ledger": str(self.ledger.path),
         }
+
+
+class NoPrivacy:
+    """The null run privacy (``privacy.mode = "none"``): the methods of :class:`RunPrivacy`,
+    doing nothing. Everyone is eligible, updates leave with their statistics, the server takes
+    the mean over contributors, nothing is charged, checkpointed or written."""
+
+    plan = None
+    example_dp = None
+    mechanism: Mechanism = NULL_MECHANISM
+    test_seed = None
+    hides_updates: bool | None = None
+
+    def __init__(self, protocol: str = "plaintext") -> None:
+        self.protocol = protocol
+
+    def bind_protocol(self, protocol: Any, dim: int) -> NoPrivacy:
+        self.protocol = protocol.name
+        self.hides_updates = not protocol.reveals_individual_updates
+        return self
+
+    def start(self, secrets: SecretStore, *, resuming: bool = False) -> NoPrivacy:
+        return self
+
+    def check_resume(self, secrets: SecretStore) -> None:
+        """Nothing to check."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def protected(self, client: int) -> bool:
+        return False
+
+    def select(self, round_id: int, users: Sequence[int],
+               sampler: Callable[[Sequence[int]], list[int]]) -> Selection:
+        pool = list(users)
+        return Selection(sampler(pool) if pool else [], [], len(pool))
+
+    def client_generator(self, round_id: int, client: int) -> torch.Generator | None:
+        return None
+
+    def protect(self, round_id: int, client: int, update: Any, report: Any = None) -> Any:
+        return update
+
+    def averager(self, pool_size: int, dim: int) -> Callable[[int, Any], np.ndarray]:
+        def mean(round_id: int, result: Any) -> np.ndarray:
+            ctx = ReleaseContext(round_id, contributors=0 if result is None
+                                 else len(result.contributors), pool_size=pool_size, dim=dim)
+            return self.mechanism.server_transform(None if result is None else result.total,
+                                                   ctx, None)
+
+        return mean
+
+    def protocol_options(self, options: Mapping[str, Any],
+                         statistics_option: str | None) -> dict[str, Any]:
+        return dict(options)
+
+    def mirror_charge(self, client: int, round_id: int, delta: np.ndarray) -> bool:
+        return True
+
+    def charge_rounds_up_to(self, client: int, round_id: int) -> int | None:
+        return None
+
+    def round_fields(self, round_id: int, declined: Sequence[int]) -> dict[str, Any]:
+        return {}
+
+    def mechanism_checkpoint(self) -> dict[str, Any]:
+        return {}
+
+    def fingerprints(self, round_id: int) -> dict[str, Any]:
+        return {}
+
+    def check_checkpoint(self, recorded: Mapping[str, Any], round_id: int) -> None:
+        """Nothing to check."""
+
+    def check_secrets(self, secrets: SecretStore, recorded: Mapping[str, Any]) -> None:
+        """Nothing to check."""
+
+    def statement(self, rounds_completed: int | None = None, with_ledger: bool = False) -> str:
+        return NO_DP
+
+    def report(self, rounds_completed: int) -> None:
+        return None
 
 
 def bind_mechanism(cfg: PrivacyConfig, plan: PrivacyPlan, protocol: Any, dim: int, *,
@@ -415,4 +615,4 @@ def _saved_plan(cfg: PrivacyConfig, path: Path, inputs: dict[str, Any]) -> Priva
     return saved
 
 
-__all__ = ["PRIVACY_DIR", "RunPrivacy", "Selection", "bind_mechanism", "update_digest"]
+__all__ = ["PRIVACY_DIR", "NoPrivacy", "RunPrivacy", "Selection", "bind_mechanism", "update_digest"]

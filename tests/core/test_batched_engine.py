@@ -186,6 +186,7 @@ def test_a_whole_run_equals_the_loop(tiny_config, tmp_path, privacy):
     sb = Simulation(base.replace(**{"run_dir": str(batched_dir), "federated.engine": "batched"}),
                     resume=True, progress=False)
     try:
+        sa.start(), sb.start()
         ka, kb = sa.load_checkpoint(), sb.load_checkpoint()
         for k, v in ka.shared.items():
             np.testing.assert_allclose(kb.shared[k], v, atol=ATOL)

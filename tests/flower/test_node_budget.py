@@ -64,7 +64,7 @@ def test_node_refuses_past_its_own_cap_even_when_the_server_forgets_its_spends(t
     nodes[1000 + target_index] = Node({"user": target, "epsilon-cap": cap,
                                        "node-dir": str(tmp_path / "capped-nodes" / target)})
     transport = LocalTransport(nodes)
-    run = FlowerRun(load(path, tmp_path / "capped"), transport, progress=False)
+    run = FlowerRun(load(path, tmp_path / "capped"), transport, progress=False).start()
     server_db = tmp_path / "capped" / "privacy" / "ledger.sqlite"
     exchange = transport.exchange
     replies_to_target = []

@@ -61,7 +61,7 @@ def test_a_silent_node_is_a_dropout_and_the_round_goes_on(tiny, tmp_path):
     path, _, users = tiny
     nodes = nodes_for(users, tmp_path)
     transport = LocalTransport(nodes)
-    run = FlowerRun(load(path, tmp_path / "flower"), transport, progress=False)
+    run = FlowerRun(load(path, tmp_path / "flower"), transport, progress=False).start()
     transport.down.add(1003)
     run.run()
     rows = metrics(tmp_path / "flower")
@@ -72,7 +72,7 @@ def test_a_silent_node_is_a_dropout_and_the_round_goes_on(tiny, tmp_path):
 def test_a_node_answering_for_another_user_is_rejected_naming_it(tiny, tmp_path):
     path, _, users = tiny
     nodes = nodes_for(users, tmp_path)
-    run = FlowerRun(load(path, tmp_path / "flower"), LocalTransport(nodes), progress=False)
+    run = FlowerRun(load(path, tmp_path / "flower"), LocalTransport(nodes), progress=False).start()
     liar = next(iter(nodes.values()))
     honest_train = liar.train
 
@@ -91,7 +91,7 @@ def test_two_nodes_claiming_one_user_keep_only_the_first(tiny, tmp_path):
     path, _, users = tiny
     nodes = nodes_for(users, tmp_path)
     nodes[2000] = Node({"user": users[0], "node-dir": str(tmp_path / "impostor")})
-    run = FlowerRun(load(path, tmp_path / "flower"), LocalTransport(nodes), progress=False)
+    run = FlowerRun(load(path, tmp_path / "flower"), LocalTransport(nodes), progress=False).start()
     assert sorted(run.user_node.values()) == sorted(k for k in nodes if k != 2000)
     run.close()
 

@@ -51,14 +51,13 @@ def _write(cfg: config_mod.Config, path: Path) -> Path:
 
 def _run_plan(cfg: config_mod.Config, statements: list | None = None) -> dict:
     """The plan the run itself writes to ``<run>/privacy/plan.json``."""
-    sim = Simulation(cfg, progress=False)
+    sim = Simulation(cfg, progress=False).start()
     try:
-        if statements is not None and sim.privacy is not None:
+        if statements is not None:
             statements.append(sim.privacy.statement())
         return json.loads((Path(cfg.run_dir) / "privacy" / "plan.json").read_text())
     finally:
-        if sim.privacy is not None:
-            sim.privacy.close()
+        sim.close()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

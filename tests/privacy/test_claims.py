@@ -107,11 +107,11 @@ def test_empty_central_round_releases_a_noise_only_step(tiny_config, monkeypatch
     """Adversary: watch the released models; an unchanged model reveals an empty sample."""
     cfg = tiny_config.replace(**{"federated.rounds": 1, "federated.client_fraction": 0.5,
                                  "privacy": {**CENTRAL, "noise_seed": 2}})
-    sim = Simulation(cfg, progress=False)
+    sim = Simulation(cfg, progress=False).start()
     monkeypatch.setattr("ffm_private.privacy.run.poisson_sample", lambda pool, q, rng: [])
     state = sim.initial_state()
     before = sim.spec.flatten(state.shared)
-    row = sim.run_round(state, 1)
+    row = sim.run_round(state, 1).row
     step = sim.spec.flatten(state.shared) - before
     assert row["sampled"] == 0 and row["noise_only"]
     expected = sim.privacy.plan.noise_multiplier * 1.0 / 50.0 * cfg.federated.server_lr
@@ -165,7 +165,7 @@ def test_a_client_that_declines_keeps_its_old_personal_state(tiny_config, monkey
     cfg = tiny_config.replace(**{"federated.rounds": 1, "federated.client_fraction": 0.5,
                                  "privacy": {"mode": "example", "target_epsilon": 8.0,
                                              "clipping_norm": 0.1, "noise_seed": 5}})
-    sim = Simulation(cfg, progress=False)
+    sim = Simulation(cfg, progress=False).start()
     state = sim.initial_state()
     before = {k: v.copy() for k, v in state.personal.arrays.items()}
 
@@ -173,7 +173,7 @@ def test_a_client_that_declines_keeps_its_old_personal_state(tiny_config, monkey
         return SpendDecision(str(user), round_id, False, 1.0, 0.5)
 
     monkeypatch.setattr(PrivacyLedger, "charge", decline)
-    row = sim.run_round(state, 1)
+    row = sim.run_round(state, 1).row
     # every protected client declined; public pretraining users are never charged
     changed = {c for k, v in state.personal.arrays.items()
                for c in np.flatnonzero((v != before[k]).reshape(len(v), -1).any(axis=1))}

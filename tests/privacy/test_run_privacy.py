@@ -64,7 +64,7 @@ def test_applied_step_carries_noise_of_std_sigma_c_over_the_public_constant(tiny
     """With a negligible clipping norm the global step is the central noise alone."""
     c = 1e-9
     cfg = _dp_config(tiny_config, clipping_norm=c).replace(**{"federated.rounds": 1})
-    sim = Simulation(cfg, progress=False)
+    sim = Simulation(cfg, progress=False).start()
     state = sim.initial_state()
     before = sim.spec.flatten(state.shared)
     sim.run_round(state, 1)

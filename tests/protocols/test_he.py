@@ -570,14 +570,14 @@ def test_distributed_dp_withholds_the_clipped_count_from_the_he_server():
     and sets it false under distributed noise: the protocol the run builds reports no count."""
     from types import SimpleNamespace
 
-    from ffm_private.simulation import Simulation
+    from ffm_private.privacy.run import RunPrivacy
+    from protocols import registry
 
     def options_for(placement):
-        run = SimpleNamespace(
-            cfg=SimpleNamespace(protocol=SimpleNamespace(name="he", options={"clip": 4.0})),
-            privacy=SimpleNamespace(plan=SimpleNamespace(noise_placement=placement),
-                                    cfg=SimpleNamespace(min_survivors=3)))
-        return Simulation._protocol_options(run)
+        priv = SimpleNamespace(plan=SimpleNamespace(noise_placement=placement),
+                               cfg=SimpleNamespace(min_survivors=3))
+        statistics = registry.protocol_class("he").private_statistics_option
+        return RunPrivacy.protocol_options(priv, {"clip": 4.0}, statistics)
 
     assert options_for("distributed")["report_clipped"] is False
     assert "report_clipped" not in options_for("central")  # the trusted server may see it
