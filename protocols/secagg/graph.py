@@ -9,6 +9,11 @@ participants) and connect each to the ``k / 2`` clients on either side of it on 
 (a circulant, "Harary" graph). Every node has degree exactly ``k``; the graph stays connected
 unless ``k / 2`` circle-consecutive clients all drop. ``k`` is rounded up to an even number;
 when ``k >= m - 1`` the graph is complete.
+
+The circle order and the graph are pure functions of public values (the participant set, ``k``
+and the seed), memoised on exactly those: in an in-process round the server and every client
+derive the same graph, so it is built once instead of once per party (each would otherwise
+hash every participant and build every neighbourhood). The graph is returned read-only.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def circle_order(ids: Iterable[int], seed: bytes) -> list[int]:
     return list(_circle(tuple(sorted(ids)), seed))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _circle(ids: tuple[int, ...], seed: bytes) -> tuple[int, ...]:
     # a pure function of public values, so it is computed once per round, not once per party
     return tuple(sorted(ids, key=lambda c: hashlib.sha256(seed + struct.pack("<q", c)).digest()))
@@ -55,7 +60,7 @@ def neighbour_graph(ids: Iterable[int], k: int, seed: bytes) -> Mapping[int, tup
     return _graph(tuple(sorted(ids)), k, seed)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _graph(ids: tuple[int, ...], k: int, seed: bytes) -> Mapping[int, tuple[int, ...]]:
     order = np.asarray(_circle(ids, seed), dtype=np.int64)
     m = len(order)

@@ -23,7 +23,7 @@ from enum import IntEnum
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocols.errors import MalformedMessage, TamperedMessage, WrongLength
 from protocols.secagg.primitives import KEY_BYTES, SIGNATURE_BYTES, TAG_BYTES, VERSION, nonce
@@ -162,17 +162,13 @@ def seal(kind: Kind, round_id: int, client_id: int, key: bytes, body: bytes = b"
     """An upload ``header | clear | encrypted body | tag`` under AES-256-GCM with ``key``.
 
     ``clear`` (any buffer) is authenticated but not encrypted: public keys, and the masked
-    vector, which is uniformly random already. GCM runs incrementally so a large ``clear``
-    is read once and copied once, into the message.
+    vector, which is uniformly random already. One AES-GCM call seals it all (the header and
+    ``clear`` are its associated data).
     """
     clear = memoryview(clear).cast("B")
     header = header_bytes(kind, round_id, client_id, len(clear) + len(body) + TAG_BYTES)
-    enc = Cipher(algorithms.AES(key), modes.GCM(nonce(kind, client_id))).encryptor()
-    enc.authenticate_additional_data(header)
-    if len(clear):
-        enc.authenticate_additional_data(clear)
-    sealed = enc.update(body) + enc.finalize()
-    return b"".join((header, clear, sealed, enc.tag))
+    sealed = AESGCM(key).encrypt(nonce(kind, client_id), body, header + clear)
+    return b"".join((header, clear, sealed))
 
 
 def unseal(payload: bytes, header: Header, key: bytes, *, clear_len: int = 0,
@@ -180,11 +176,12 @@ def unseal(payload: bytes, header: Header, key: bytes, *, clear_len: int = 0,
     """The decrypted body of an upload; a failed tag is a :class:`TamperedMessage`."""
     view = memoryview(payload)
     split = HEADER.size + clear_len
-    tag = bytes(view[-TAG_BYTES:])
-    dec = Cipher(algorithms.AES(key), modes.GCM(nonce(header.kind, header.client_id), tag)).decryptor()
-    dec.authenticate_additional_data(view[:split])
+    if len(view) < split + TAG_BYTES:
+        raise TamperedMessage("authentication failed: the message is shorter than its tag",
+                              client_id=header.client_id, stage=stage)
     try:
-        return dec.update(view[split:-TAG_BYTES]) + dec.finalize()
+        return AESGCM(key).decrypt(nonce(header.kind, header.client_id), view[split:],
+                                   view[:split])
     except InvalidTag:
         raise TamperedMessage("authentication failed (AES-GCM tag mismatch): the message was "
                               "altered in transit or sealed under another key",
