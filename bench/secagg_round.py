@@ -11,7 +11,9 @@ simulation uses), every party in this process, and prints
 - the seconds per step: ``client_*`` summed over all clients, ``server_*`` for the server,
 
 each the minimum and the median over ``--repeats`` rounds (fresh keys every round; the first
-round is a warm-up and is not counted). ``--dropout`` drops that fraction of the clients
+round is a warm-up and is not counted), and the CPU time of the round's X25519 operations
+alone (key pairs and agreements, the same count, the same library, right after the rounds):
+the floor no engineering of the rest can go below. ``--dropout`` drops that fraction of the clients
 after key sharing (the server then reconstructs their mask keys), ``--float`` uses the float
 codec path instead of the integer one, ``--profile FILE`` writes a cProfile of the counted
 rounds.
@@ -33,6 +35,7 @@ import numpy as np
 
 from protocols import FaultyChannel
 from protocols.secagg import SecAggOptions, SecAggPlusProtocol
+from protocols.secagg import primitives as cr
 
 
 def _updates(n: int, length: int, integer: bool, seed: int) -> dict[int, np.ndarray]:
@@ -42,6 +45,26 @@ def _updates(n: int, length: int, integer: bool, seed: int) -> dict[int, np.ndar
     else:
         base = [rng.uniform(-0.5, 0.5, size=length) for _ in range(4)]
     return {cid: base[cid % 4] for cid in range(n)}
+
+
+def x25519_floor(n: int, k: int, repeats: int = 3) -> tuple[int, float]:
+    """The round's X25519 work alone, with the same library: ``(count, seconds)``, the seconds
+    the minimum CPU time over ``repeats``. Per client two key pairs, one agreement with the
+    server and two per neighbour (share encryption, pairwise mask); per client at the server
+    the upload-key agreement and the check of the masking key; the server's own key pair.
+    Dropouts add the server's agreements for their mask keys (not counted here)."""
+    pairs = [cr.new_key_pair(os.urandom) for _ in range(64)]
+    publics = [pk for _, pk in pairs]
+    count = n * (2 + 1 + 2 * k) + 2 * n + 1
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(n * 2 + 1):
+            cr.new_key_pair(os.urandom)
+        for i in range(count - (2 * n + 1)):
+            cr.agree(pairs[i % 64][0], publics[(i * 7 + 1) % 64])
+        best = min(best, time.process_time() - start)
+    return count, best
 
 
 def run(n: int, length: int, repeats: int, *, dropout: float = 0.0, integer: bool = True,
@@ -79,6 +102,7 @@ def run(n: int, length: int, repeats: int, *, dropout: float = 0.0, integer: boo
     if prof is not None:
         prof.dump_stats(profile)
     assert result is not None
+    floor_count, floor_s = x25519_floor(n, result.neighbours)
     expect = np.sum([ups[c] for c in result.contributors], axis=0)
     if integer:
         expect = (expect + 2**31) % 2**32 - 2**31
@@ -97,6 +121,8 @@ def run(n: int, length: int, repeats: int, *, dropout: float = 0.0, integer: boo
         "wall_median_s": float(np.median(walls)),
         "cpu_min_s": min(cpus),
         "cpu_median_s": float(np.median(cpus)),
+        "x25519_count": floor_count,
+        "x25519_floor_cpu_s": floor_s,
         "steps_min_s": {k: min(v) for k, v in sorted(steps.items())},
         "steps_median_s": {k: float(np.median(v)) for k, v in sorted(steps.items())},
         "loadavg": list(os.getloadavg()),
@@ -118,6 +144,8 @@ def report(row: dict) -> str:
                  f"{row['wall_median_s']:11.4f}")
     lines.append(f"{'aggregate() CPU time (process)':34s} {row['cpu_min_s']:9.4f} "
                  f"{row['cpu_median_s']:11.4f}")
+    lines.append(f"{'X25519 alone (CPU), ' + str(row['x25519_count']) + ' ops':34s} "
+                 f"{row['x25519_floor_cpu_s']:9.4f}")
     return "\n".join(lines)
 
 

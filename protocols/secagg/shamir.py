@@ -75,12 +75,13 @@ def split(secrets: np.ndarray, xs: np.ndarray, threshold: int, entropy: Entropy)
     coeffs = random_field((threshold - 1, *secrets.shape), entropy).reshape(threshold - 1, -1)
     # f(x) = secret + sum_d coeffs[d - 1] x^d: one product of the powers x_i^d (mod p) with the
     # coefficients, split into 16-bit halves so that no sum of products wraps uint64
-    powers = np.empty((len(xs), threshold - 1), dtype=np.uint64)
-    power = xs % _P
-    for d in range(threshold - 1):
-        if d:
-            power = (power * xs) % _P
-        powers[:, d] = power
+    powers = np.empty((len(xs), threshold - 1), dtype=np.uint64)  # x^1 .. x^(t-1)
+    powers[:, 0] = xs
+    done = 1
+    while done < threshold - 1:  # doubling: x^(done+1 .. 2 done) = x^(1 .. done) * x^done
+        step = min(done, threshold - 1 - done)
+        powers[:, done:done + step] = (powers[:, :step] * powers[:, done - 1:done]) % _P
+        done += step
     low = coeffs & np.uint64(0xFFFF)
     high = coeffs >> np.uint64(16)
     acc = np.zeros((len(xs), coeffs.shape[1]), dtype=np.uint64)
