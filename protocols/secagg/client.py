@@ -54,7 +54,8 @@ from protocols.secagg import shamir
 from protocols.secagg.messages import (
     B_SHARE,
     HEADER,
-    SHARE_PLAIN,
+    SHARE_IDS,
+    SHARE_RECORD,
     SK_SHARE,
     STAGE_OF,
     AdvertiseKeys,
@@ -75,6 +76,11 @@ from protocols.secagg.messages import (
 )
 from protocols.secagg.options import SecAggOptions
 from protocols.secagg.transcript import RoundView
+
+
+def _inconsistent(sender: int) -> MalformedMessage:
+    return MalformedMessage(f"share plaintext from client {sender} is inconsistent",
+                            client_id=sender, stage="share_keys")
 
 
 def clipped_cap(max_clients: int) -> int:
@@ -240,32 +246,32 @@ class SecAggClient:
                     raise TamperedMessage(f"client {j}'s key advertisement does not carry its "
                                           "registered signature", client_id=j, stage=stage)
         self._view = view
-        self._neighbour_keys = msg.keys
-        self._x = {c: i + 1 for i, c in enumerate(participants)}
+        self._neighbour_keys = keys = msg.keys
 
         self._b = self._entropy(shamir.SECRET_BYTES)
         secrets = shamir.secrets_to_field([self._b, cr.private_bytes(self._s_sk)])
-        xs = np.array([self._x[j] for j in neighbours], dtype=np.uint64)
-        shares = shamir.split(secrets, xs, view.t, self._entropy)  # (k, 2, CHUNKS)
+        # a participant's share point is its 1-based position in the sorted participant list
+        xs = np.searchsorted(np.asarray(participants, dtype=np.int64), neighbours) + 1
+        shares = shamir.split(secrets, xs.astype(np.uint64), view.t, self._entropy)
+        raw = shares.astype("<u4").tobytes()  # (k, 2, CHUNKS): b's share, then the key's
+        step = 2 * shamir.SHARE_BYTES
 
-        self._share_keys: dict[int, object] = {}
-        self._pair_keys: dict[int, bytes] = {}
+        rid, me, digest = self.round_id, self.id, view.digest
+        try:
+            aeads, pair_keys = cr.neighbour_keys(self._c_sk, self._s_sk, me, neighbours,
+                                                 [keys[j] for j in neighbours], digest, rid)
+        except cr.InvalidPeerKey as err:
+            raise bad(f"neighbour {neighbours[err.index]}'s public key is invalid") from None
+        self._aeads = dict(zip(neighbours, aeads, strict=True))
+        self._pair_keys = dict(zip(neighbours, pair_keys, strict=True))
+        nonce = cr.nonce(Kind.SHARE_KEYS, me)
+        mine = b"".join(self._my_keys)
         cts = {}
-        for idx, j in enumerate(neighbours):
-            c_pk, s_pk = msg.keys[j]
-            try:
-                aead = cr.share_key(cr.agree(self._c_sk, c_pk), self.round_id, self.id, j)
-                self._pair_keys[j] = cr.pair_mask_key(cr.agree(self._s_sk, s_pk), view.digest,
-                                                      self.round_id, self.id, j)
-            except ValueError:
-                raise bad(f"neighbour {j}'s public key is invalid") from None
-            self._share_keys[j] = aead
-            plain = SHARE_PLAIN.pack(self.id, j, shamir.share_to_bytes(shares[idx, 0]),
-                                     shamir.share_to_bytes(shares[idx, 1]))
-            ad = share_associated_data(self.round_id, self.id, j, self._my_keys, msg.keys[j],
-                                       view.digest)
-            cts[j] = aead.encrypt(cr.nonce(Kind.SHARE_KEYS, self.id), plain, ad)
-        body = ShareKeys(cr.commit_seed(self._b, self.round_id, self.id), cts).body()
+        for idx, (j, aead) in enumerate(zip(neighbours, aeads, strict=True)):
+            plain = SHARE_IDS.pack(me, j) + raw[idx * step:(idx + 1) * step]  # SHARE_PLAIN
+            ad = share_associated_data(rid, me, j, mine, keys[j], digest)
+            cts[j] = aead.encrypt(nonce, plain, ad)
+        body = ShareKeys(cr.commit_seed(self._b, rid, me), cts).body()
         return self._seal(Kind.SHARE_KEYS, body)
 
     # -- stage 3 ------------------------------------------------------------------------------
@@ -275,26 +281,41 @@ class SecAggClient:
 
     def _receive_shares(self, forwarded: bytes) -> None:
         msg = ForwardedShares.decode(self._open(forwarded, Kind.FORWARDED_SHARES))
-        self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        rid, me, digest = self.round_id, self.id, self._view.digest
+        mine = b"".join(self._my_keys)
+        senders: list[int] = []
+        plains: list[bytes] = []
+        problem: ProtocolError | None = None
         for j, ct in msg.ciphertexts.items():
-            if j not in self._share_keys:
-                raise MalformedMessage(f"forwarded a share from client {j}, not a neighbour",
-                                       client_id=self.id, stage="forwarded_shares")
-            ad = share_associated_data(self.round_id, j, self.id, self._neighbour_keys[j],
-                                       self._my_keys, self._view.digest)
+            aead = self._aeads.get(j)
+            if aead is None:
+                problem = MalformedMessage(f"forwarded a share from client {j}, not a "
+                                           "neighbour", client_id=me, stage="forwarded_shares")
+                break
+            ad = share_associated_data(rid, j, me, self._neighbour_keys[j], mine, digest)
             try:
-                plain = self._share_keys[j].decrypt(cr.nonce(Kind.SHARE_KEYS, j), ct, ad)
+                plain = aead.decrypt(cr.nonce(Kind.SHARE_KEYS, j), ct, ad)
             except InvalidTag:
-                raise TamperedMessage(
-                    f"share ciphertext to client {self.id} failed authentication (AES-GCM): "
+                problem = TamperedMessage(
+                    f"share ciphertext to client {me} failed authentication (AES-GCM): "
                     "altered, replayed from another round, or keys or views differ",
-                    client_id=j, stage="share_keys") from None
-            sender, receiver, b_raw, sk_raw = SHARE_PLAIN.unpack(plain)
-            b_share, sk_share = shamir.share_from_bytes(b_raw), shamir.share_from_bytes(sk_raw)
-            if sender != j or receiver != self.id or b_share is None or sk_share is None:
-                raise MalformedMessage(f"share plaintext from client {j} is inconsistent",
-                                       client_id=j, stage="share_keys")
-            self._held[j] = (b_share, sk_share)
+                    client_id=j, stage="share_keys")
+                break
+            if SHARE_IDS.unpack_from(plain) != (j, me):
+                problem = _inconsistent(j)
+                break
+            senders.append(j)
+            plains.append(plain)
+        # every share element must be in GF(p); checked at once, reported in arrival order
+        # (before a later problem, as a share-by-share check would)
+        rows = np.frombuffer(b"".join(plains), dtype=SHARE_RECORD)["shares"].astype(np.uint64)
+        outside = np.any(rows >= shamir.PRIME, axis=(1, 2))
+        if outside.any():
+            raise _inconsistent(senders[int(np.argmax(outside))])
+        if problem is not None:
+            raise problem
+        self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {
+            j: (rows[i, 0], rows[i, 1]) for i, j in enumerate(senders)}
         if len(self._held) < self._view.t:
             raise TooFewClients(f"only {len(self._held)} neighbours shared keys, the threshold "
                                 f"is {self._view.t}: refusing to send a masked input",

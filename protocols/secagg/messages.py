@@ -23,7 +23,7 @@ from enum import IntEnum
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocols.errors import MalformedMessage, TamperedMessage, WrongLength
 from protocols.secagg.primitives import KEY_BYTES, SIGNATURE_BYTES, TAG_BYTES, VERSION, nonce
@@ -66,6 +66,11 @@ STAGE_OF: dict[Kind, str] = {**{k: s for s, k in UPLOAD_STAGES.items()}, **DOWNL
 
 SHARE_PLAIN = struct.Struct(f"<qq{SHARE_BYTES}s{SHARE_BYTES}s")
 """sender, receiver, share of the self-mask seed ``b``, share of the mask private key."""
+SHARE_IDS = struct.Struct("<qq")
+"""The first two fields of :data:`SHARE_PLAIN` (sender, receiver)."""
+SHARE_RECORD = np.dtype([("sender", "<i8"), ("receiver", "<i8"), ("shares", "<u4", (2, CHUNKS))])
+""":data:`SHARE_PLAIN` as a numpy record: both shares as ``(2, CHUNKS)`` field elements."""
+assert SHARE_RECORD.itemsize == SHARE_PLAIN.size
 SHARE_CIPHER_BYTES = SHARE_PLAIN.size + TAG_BYTES
 B_SHARE, SK_SHARE = 0, 1
 
@@ -126,7 +131,7 @@ class Reader:
     def ids(self, what: str) -> list[int]:
         (count,) = self.unpack(_COUNT, f"{what} count")
         raw = self.take(8 * count, what)
-        return [int(v) for v in np.frombuffer(raw, dtype="<i8")]
+        return np.frombuffer(raw, dtype="<i8").tolist()
 
     def done(self) -> None:
         if self.pos != len(self.data):
@@ -135,6 +140,16 @@ class Reader:
 
 _COUNT = struct.Struct("<I")
 _ID = struct.Struct("<q")
+
+
+def _first_repeat(pairs: list[tuple]) -> int:
+    """The first key that appears a second time in ``(key, value)`` pairs."""
+    seen: set[int] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    raise ValueError("no repeated key")
 
 
 def _ids(values: list[int]) -> bytes:
@@ -147,17 +162,13 @@ def seal(kind: Kind, round_id: int, client_id: int, key: bytes, body: bytes = b"
     """An upload ``header | clear | encrypted body | tag`` under AES-256-GCM with ``key``.
 
     ``clear`` (any buffer) is authenticated but not encrypted: public keys, and the masked
-    vector, which is uniformly random already. GCM runs incrementally so a large ``clear``
-    is read once and copied once, into the message.
+    vector, which is uniformly random already. One AES-GCM call seals it all (the header and
+    ``clear`` are its associated data).
     """
     clear = memoryview(clear).cast("B")
     header = header_bytes(kind, round_id, client_id, len(clear) + len(body) + TAG_BYTES)
-    enc = Cipher(algorithms.AES(key), modes.GCM(nonce(kind, client_id))).encryptor()
-    enc.authenticate_additional_data(header)
-    if len(clear):
-        enc.authenticate_additional_data(clear)
-    sealed = enc.update(body) + enc.finalize()
-    return b"".join((header, clear, sealed, enc.tag))
+    sealed = AESGCM(key).encrypt(nonce(kind, client_id), body, header + clear)
+    return b"".join((header, clear, sealed))
 
 
 def unseal(payload: bytes, header: Header, key: bytes, *, clear_len: int = 0,
@@ -165,11 +176,12 @@ def unseal(payload: bytes, header: Header, key: bytes, *, clear_len: int = 0,
     """The decrypted body of an upload; a failed tag is a :class:`TamperedMessage`."""
     view = memoryview(payload)
     split = HEADER.size + clear_len
-    tag = bytes(view[-TAG_BYTES:])
-    dec = Cipher(algorithms.AES(key), modes.GCM(nonce(header.kind, header.client_id), tag)).decryptor()
-    dec.authenticate_additional_data(view[:split])
+    if len(view) < split + TAG_BYTES:
+        raise TamperedMessage("authentication failed: the message is shorter than its tag",
+                              client_id=header.client_id, stage=stage)
     try:
-        return dec.update(view[split:-TAG_BYTES]) + dec.finalize()
+        return AESGCM(key).decrypt(nonce(header.kind, header.client_id), view[split:],
+                                   view[:split])
     except InvalidTag:
         raise TamperedMessage("authentication failed (AES-GCM tag mismatch): the message was "
                               "altered in transit or sealed under another key",
@@ -272,17 +284,16 @@ class NeighbourKeys:
             raise r.error(f"signed flag {signed} is not 0 or 1")
         participants = r.ids("participants")
         (count,) = r.unpack(_COUNT, "key count")
+        layout = cls.SIGNED if signed else cls.ENTRY
         keys: dict[int, tuple[bytes, bytes]] = {}
         sigs: dict[int, bytes] = {}
-        for _ in range(count):
-            if signed:
-                cid, c_pk, s_pk, sig = r.unpack(cls.SIGNED, "neighbour keys")
-                sigs[cid] = sig
-            else:
-                cid, c_pk, s_pk = r.unpack(cls.ENTRY, "neighbour keys")
+        for cid, c_pk, s_pk, *sig in layout.iter_unpack(r.take(count * layout.size,
+                                                                "neighbour keys")):
             if cid in keys:
                 raise r.error(f"keys of client {cid} listed twice")
             keys[cid] = (c_pk, s_pk)
+            if signed:
+                sigs[cid] = sig[0]
         r.done()
         return cls(k, t, participants, keys, sigs if signed else None)
 
@@ -305,12 +316,10 @@ class ShareKeys:
     def decode(cls, r: Reader, duplicate) -> ShareKeys:
         commitment = r.take(32, "commitment")
         (count,) = r.unpack(_COUNT, "ciphertext count")
-        cts: dict[int, bytes] = {}
-        for _ in range(count):
-            j, ct = r.unpack(cls.ENTRY, "share ciphertext")
-            if j in cts:
-                raise duplicate(f"two share ciphertexts for client {j}")
-            cts[j] = ct
+        pairs = list(cls.ENTRY.iter_unpack(r.take(count * cls.ENTRY.size, "share ciphertext")))
+        cts = dict(pairs)
+        if len(cts) != count:
+            raise duplicate(f"two share ciphertexts for client {_first_repeat(pairs)}")
         r.done()
         return cls(commitment, cts)
 
@@ -330,12 +339,11 @@ class ForwardedShares:
     @classmethod
     def decode(cls, r: Reader) -> ForwardedShares:
         (count,) = r.unpack(_COUNT, "ciphertext count")
-        cts: dict[int, bytes] = {}
-        for _ in range(count):
-            j, ct = r.unpack(ShareKeys.ENTRY, "share ciphertext")
-            if j in cts:
-                raise r.error(f"two ciphertexts from client {j}")
-            cts[j] = ct
+        entry = ShareKeys.ENTRY
+        pairs = list(entry.iter_unpack(r.take(count * entry.size, "share ciphertext")))
+        cts = dict(pairs)
+        if len(cts) != count:
+            raise r.error(f"two ciphertexts from client {_first_repeat(pairs)}")
         r.done()
         return cls(cts)
 
@@ -422,12 +430,20 @@ class UnmaskShares:
         return cls(owners, rec["kind"].copy(), shares)
 
 
+_SHARE_AD = MAGIC + bytes([VERSION, Kind.SHARE_KEYS])
+_SHARE_AD_IDS = struct.Struct("<qqq")
+
+
 def share_associated_data(round_id: int, sender: int, receiver: int,
-                          sender_keys: tuple[bytes, bytes],
-                          receiver_keys: tuple[bytes, bytes], transcript: bytes) -> bytes:
+                          sender_keys: tuple[bytes, bytes] | bytes,
+                          receiver_keys: tuple[bytes, bytes] | bytes, transcript: bytes) -> bytes:
     """What a share ciphertext is bound to: version, round, stage, both parties, the public
     keys each saw and the sender's transcript hash. A mismatch in any of them (another round,
     a relabelled sender, a swapped key, a different view of the round) fails authentication
-    at the receiver."""
-    return (MAGIC + bytes([VERSION, Kind.SHARE_KEYS]) + struct.pack("<qqq", round_id, sender, receiver)
-            + b"".join(sender_keys) + b"".join(receiver_keys) + transcript)
+    at the receiver. Keys are ``(c, s)`` pairs or already concatenated ``c + s``."""
+    if not isinstance(sender_keys, bytes):
+        sender_keys = b"".join(sender_keys)
+    if not isinstance(receiver_keys, bytes):
+        receiver_keys = b"".join(receiver_keys)
+    return (_SHARE_AD + _SHARE_AD_IDS.pack(round_id, sender, receiver) + sender_keys
+            + receiver_keys + transcript)

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -38,7 +38,9 @@ TAG_BYTES = 16
 SIGNATURE_BYTES = 64
 _DOMAIN = b"ffm-secagg/v%d/" % VERSION
 _ZERO_IV = bytes(16)
-_AES, _CTR = algorithms.AES, modes.CTR  # looked up once: a mask is one short call
+_AES = algorithms.AES  # looked up once: a mask is one short call
+_CTR_ZERO = modes.CTR(_ZERO_IV)  # immutable, so one object serves every keystream
+_SHA256 = hashes.SHA256()  # immutable too: HKDF takes it for every derivation
 
 
 def default_entropy(n: int) -> bytes:
@@ -47,7 +49,7 @@ def default_entropy(n: int) -> bytes:
 
 
 def _ids(*values: int) -> bytes:
-    return b"".join(struct.pack("<q", v) for v in values)
+    return struct.pack(f"<{len(values)}q", *values)
 
 
 def hkdf(secret: bytes, purpose: bytes, *context: int, length: int = KEY_BYTES,
@@ -55,7 +57,7 @@ def hkdf(secret: bytes, purpose: bytes, *context: int, length: int = KEY_BYTES,
     """HKDF-SHA256 of ``secret`` for one ``purpose`` bound to the round and parties in
     ``context`` (and to ``bound``, e.g. a transcript hash)."""
     info = _DOMAIN + purpose + b"/" + _ids(*context) + bound
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+    return HKDF(algorithm=_SHA256, length=length, salt=None, info=info).derive(secret)
 
 
 # -- X25519 -----------------------------------------------------------------------------------
@@ -97,6 +99,42 @@ def pair_mask_key(shared: bytes, transcript: bytes, round_id: int, a: int, b: in
     """Seed of the pairwise mask between ``a`` and ``b``; both derive it, so it cancels, but
     only when both hold the same ``transcript`` hash (the same view of the round)."""
     return hkdf(shared, b"pair-mask", round_id, min(a, b), max(a, b), bound=transcript)
+
+
+class InvalidPeerKey(ValueError):
+    """A neighbour's public key is degenerate or malformed; ``index`` says which."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"public key {index} is invalid")
+        self.index = index
+
+
+_THREE_IDS = struct.Struct("<3q")
+
+
+def neighbour_keys(c_sk: X25519PrivateKey, s_sk: X25519PrivateKey, me: int,
+                   neighbours: Sequence[int], keys: Sequence[tuple[bytes, bytes]],
+                   transcript: bytes, round_id: int) -> tuple[list[AESGCM], list[bytes]]:
+    """``[share_key(...)]`` and ``[pair_mask_key(...)]`` of client ``me`` with each neighbour
+    (whose ``(c, s)`` public keys are ``keys``), in one call: the same two X25519 agreements
+    and two HKDF derivations per neighbour as those functions, without the per-call overhead.
+    Raises :class:`InvalidPeerKey` naming the first neighbour whose key is unusable."""
+    share_info = _DOMAIN + b"share-encryption/"
+    mask_info = _DOMAIN + b"pair-mask/"
+    c_exchange, s_exchange = c_sk.exchange, s_sk.exchange
+    load = X25519PublicKey.from_public_bytes
+    aeads: list[AESGCM] = []
+    masks: list[bytes] = []
+    for idx, (j, (c_pk, s_pk)) in enumerate(zip(neighbours, keys, strict=True)):
+        try:
+            c_shared, s_shared = c_exchange(load(c_pk)), s_exchange(load(s_pk))
+        except ValueError:
+            raise InvalidPeerKey(idx) from None
+        ids = _THREE_IDS.pack(round_id, me, j) if me < j else _THREE_IDS.pack(round_id, j, me)
+        aeads.append(AESGCM(HKDF(_SHA256, KEY_BYTES, None, share_info + ids).derive(c_shared)))
+        masks.append(HKDF(_SHA256, KEY_BYTES, None, mask_info + ids + transcript)
+                     .derive(s_shared))
+    return aeads, masks
 
 
 def self_mask_key(seed: bytes, round_id: int, client_id: int) -> bytes:
@@ -183,14 +221,14 @@ class MaskStream:
 
     def blocks(self, key: bytes):
         """``(start, words)`` for each block of the mask of ``key``; ``words`` is reused."""
-        enc = Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor()
+        enc = Cipher(_AES(key), _CTR_ZERO).encryptor()
         for start, n in self._spans():
             enc.update_into(self._zeros[:4 * n], self._out)
             yield start, self._view[:n]
 
     def apply(self, acc: np.ndarray, masks: list[tuple[bytes, int]]) -> None:
         """``acc += sum(sign * mask(key))`` modulo 2**32, in place, for ``(key, sign)`` pairs."""
-        encs = [(Cipher(_AES(key), _CTR(_ZERO_IV)).encryptor(), sign) for key, sign in masks]
+        encs = [(Cipher(_AES(key), _CTR_ZERO).encryptor(), sign) for key, sign in masks]
         out, view = self._out, self._view
         for start, n in self._spans():
             zeros, words, target = self._zeros[:4 * n], view[:n], acc[start:start + n]

@@ -25,6 +25,8 @@ CHUNKS = 16
 CHUNK_BITS = 16
 SHARE_BYTES = 4 * CHUNKS
 _P = np.uint64(PRIME)
+_TERMS = 1 << 15
+"""Terms per partial sum in :func:`split`: 2**15 products below 2**48 each stay below 2**63."""
 
 
 def secrets_to_field(secrets: list[bytes]) -> np.ndarray:
@@ -66,13 +68,29 @@ def split(secrets: np.ndarray, xs: np.ndarray, threshold: int, entropy: Entropy)
         raise ValueError(f"threshold must be >= 1, got {threshold}")
     if np.any(xs == 0) or np.any(xs >= _P) or len(set(xs.tolist())) != len(xs):
         raise ValueError("share points must be distinct and in 1..p-1")
-    coeffs = random_field((threshold - 1, *secrets.shape), entropy)
-    x = xs[:, None, None]
-    acc = np.zeros((len(xs), *secrets.shape), dtype=np.uint64)
-    for c in coeffs[::-1]:  # Horner, highest degree first
-        acc = (acc + c) % _P
-        acc = (acc * x) % _P
-    return (acc + secrets) % _P
+    secrets = secrets % _P
+    shape = (len(xs), *secrets.shape)
+    if threshold == 1:
+        return np.array(np.broadcast_to(secrets, shape))
+    coeffs = random_field((threshold - 1, *secrets.shape), entropy).reshape(threshold - 1, -1)
+    # f(x) = secret + sum_d coeffs[d - 1] x^d: one product of the powers x_i^d (mod p) with the
+    # coefficients, split into 16-bit halves so that no sum of products wraps uint64
+    powers = np.empty((len(xs), threshold - 1), dtype=np.uint64)  # x^1 .. x^(t-1)
+    powers[:, 0] = xs
+    done = 1
+    while done < threshold - 1:  # doubling: x^(done+1 .. 2 done) = x^(1 .. done) * x^done
+        step = min(done, threshold - 1 - done)
+        powers[:, done:done + step] = (powers[:, :step] * powers[:, done - 1:done]) % _P
+        done += step
+    low = coeffs & np.uint64(0xFFFF)
+    high = coeffs >> np.uint64(16)
+    acc = np.zeros((len(xs), coeffs.shape[1]), dtype=np.uint64)
+    for lo in range(0, threshold - 1, _TERMS):
+        part = powers[:, lo:lo + _TERMS]
+        acc += (((part @ high[lo:lo + _TERMS]) % _P) << np.uint64(16)) % _P
+        acc += (part @ low[lo:lo + _TERMS]) % _P
+        acc %= _P
+    return ((acc + secrets.reshape(1, -1)) % _P).reshape(shape)
 
 
 def _pow_mod(base: np.ndarray, exponent: int) -> np.ndarray:

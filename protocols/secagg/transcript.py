@@ -17,8 +17,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from protocols.errors import TooFewClients, UnsafeParameters
 from protocols.quantize import FixedPointCodec
@@ -79,7 +81,7 @@ class RoundView:
         fixed = _FIXED.pack(cr.VERSION, self.round_id, self.length, len(self.participants),
                             self.clip, self.report_clipped, self.malicious_server, self.k,
                             self.t, len(seed))
-        ids = b"".join(struct.pack("<q", c) for c in self.participants)
+        ids = np.asarray(self.participants, dtype="<i8").tobytes()
         domain = b"ffm-secagg/transcript/" + (b"integer/" if self.integer else b"")
         return hashlib.sha256(domain + fixed + seed + ids).digest()
 
@@ -89,7 +91,8 @@ class RoundView:
         return cr.hkdf(self.digest, b"graph", self.round_id)
 
     @functools.cached_property
-    def graph(self) -> dict[int, tuple[int, ...]]:
+    def graph(self) -> Mapping[int, tuple[int, ...]]:
+        """Every participant's neighbours (read-only; see :func:`neighbour_graph`)."""
         return neighbour_graph(self.participants, self.k, self.graph_seed)
 
     @functools.cached_property
