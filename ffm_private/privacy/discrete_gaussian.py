@@ -196,8 +196,8 @@ below ``e^-47`` per proposal) take the Python-integer path, which is exact for a
 
 _FAST_MAX_EXCESS = Fraction(1, 1 << 20)
 """The fast path rounds ``sigma_sq`` up by at most this relative amount (about 9.5e-7), else
-the Python-integer path samples the requested value exactly (only ``sigma_sq`` below about
-0.002 comes near it: every ``sigma >= 1/2`` is rounded by less than 1e-7)."""
+the Python-integer path samples the requested value exactly (it matters only for ``sigma``
+below 0.2, where some values need more; every ``sigma >= 1/2`` is rounded by under 1e-7)."""
 
 _BEXP_CHUNK = 32
 """``Bernoulli(exp(-w))`` for an integer ``w``: at most this many ``Bernoulli(exp(-1))`` per try."""
@@ -244,8 +244,8 @@ def fast_plan(sigma_sq: int | float | Fraction) -> FastPlan | None:
     numerator) it is rounded **up** to ``t c / q`` with ``q`` the largest power of two that
     fits and ``c = ceil(sigma_sq q / t)``: then ``mu = c / q``, and the relative excess is
     below ``t / (q sigma_sq)``, under 1e-7 for every ``sigma >= 1/2`` (more noise, never
-    less). ``None`` when the excess would pass :data:`_FAST_MAX_EXCESS` (``sigma_sq`` below
-    about 0.002) or when even ``q = 1`` does not fit (``sigma`` beyond about ``2^26.4``).
+    less). ``None`` when the excess would pass :data:`_FAST_MAX_EXCESS` (only for some
+    ``sigma`` below 0.2) or when even ``q = 1`` does not fit (``sigma`` beyond about 9.1e7).
     """
     s2 = _sigma_sq_fraction(sigma_sq)
     t = math.isqrt(s2.numerator // s2.denominator) + 1
@@ -442,8 +442,8 @@ def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Seque
     samples :func:`sampled_sigma_sq`, the requested ``sigma_sq`` or, when that does not fit
     in 64-bit products, a value rounded up by at most ~1e-7 relative); ``"bigint"`` runs them
     on Python integers with ``sigma_sq`` taken exactly (a float as the dyadic rational it is);
-    ``"auto"`` (default) is ``"fast"`` whenever :func:`fast_plan` has a plan (``sigma`` up to
-    about ``2^26``), else ``"bigint"``. Both paths sample the exact discrete Gaussian of their
+    ``"auto"`` (default) is ``"fast"`` whenever :func:`fast_plan` has a plan (every ``sigma``
+    from 0.2 to about 9.1e7), else ``"bigint"``. Both paths sample the exact discrete Gaussian of their
     variance parameter; they read the stream differently, so their draws differ.
     """
     if method not in SAMPLING_METHODS:
@@ -454,7 +454,7 @@ def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Seque
     plan = fast_plan(s2) if method != "bigint" else None
     if method == "fast" and plan is None:
         raise ValueError(f"sigma_sq = {sigma_sq!r} has no 64-bit fast-path plan (sigma above "
-                         "about 2^26.4 grid steps, or sigma_sq below about 0.002): use "
+                         "about 9.1e7 grid steps, or some sigma below 0.2): use "
                          "method = 'auto' or 'bigint'")
     out = _fast_sample(plan, n, rng) if plan is not None else _bigint_sample(s2, n, rng)
     return out.astype(np.int64).reshape(shape)

@@ -226,7 +226,9 @@ def test_the_path_switches_where_the_plan_stops_fitting():
         np.testing.assert_array_equal(auto, ref)
     with pytest.raises(ValueError, match="fast-path plan"):
         ddg.sample_discrete_gaussian(Fraction(hi) ** 2, 4, _rng("x"), method="fast")
-    # below: a variance that would need more than 2^-20 of rounding goes to Python integers
+    # below: a variance that would need more than 2^-20 of rounding goes to Python integers;
+    # every std from 0.2 on (KLS needs 1/2) has a plan
+    assert all(ddg.fast_plan(float(s) ** 2) is not None for s in np.linspace(0.2, 3, 400))
     assert ddg.fast_plan(0.01) is not None and ddg.fast_plan(1e-3) is None
     auto = ddg.sample_discrete_gaussian(1e-3, 40, _rng("tiny"))
     np.testing.assert_array_equal(auto, ddg.sample_discrete_gaussian(1e-3, 40, _rng("tiny"),
