@@ -11,7 +11,10 @@ One client's share (KLS, Algorithm 1, without the random rotation):
    ``gamma`` and rounded by :func:`conditional_rounding`, whose output norm never exceeds
    :func:`rounded_norm_bound` (the sensitivity ``Delta`` in grid units);
 2. it adds ``d`` independent discrete Gaussians ``N_Z(0, s^2)`` (:func:`sample_discrete_gaussian`,
-   exact: integer arithmetic only, on the secure generator), ``s = local_sigma / gamma``;
+   exact: integer arithmetic only, on the secure generator), ``s = local_sigma / gamma``; the
+   fast path works in 64-bit words and may round ``s^2`` *up* by under 1e-7 relative
+   (:func:`sampled_sigma_sq`), which only lowers the true zCDP below the accounted one (every
+   bound below decreases in ``s``);
 3. it reduces the result modulo ``2^bits`` (:func:`encode_modular`): wrap-around, never a clamp.
 
 The server sums the shares modulo ``2^bits`` and lifts the sum to the centred range
@@ -42,7 +45,9 @@ coordinate of the true sum wraps around (utility, not privacy).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -123,8 +128,10 @@ def _bernoulli_exp(num: np.ndarray, den: np.ndarray, rng: SecureGenerator) -> np
 
 # -- the discrete Gaussian -----------------------------------------------------------------------
 def _sigma_sq_fraction(sigma_sq: int | float | Fraction) -> Fraction:
-    if isinstance(sigma_sq, bool):
-        raise ValueError("sigma_sq must be a number")
+    if isinstance(sigma_sq, bool | np.bool_) or not isinstance(sigma_sq, numbers.Real):
+        raise ValueError(f"sigma_sq = {sigma_sq!r} must be a number")
+    if not isinstance(sigma_sq, numbers.Rational) and not math.isfinite(float(sigma_sq)):
+        raise ValueError(f"sigma_sq = {sigma_sq!r} must be a finite number > 0")
     value = Fraction(sigma_sq)  # a float is taken exactly (it is a dyadic rational)
     if not value > 0 or not math.isfinite(float(value)):
         raise ValueError(f"sigma_sq = {sigma_sq!r} must be a finite number > 0")
@@ -149,18 +156,17 @@ def _discrete_laplace(t: int, m: int, rng: SecureGenerator) -> np.ndarray:
     return np.where(negative, -x, x)[ok]
 
 
-def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Sequence[int],
-                             rng: SecureGenerator) -> np.ndarray:
-    """Exact draws of ``N_Z(0, sigma_sq)``: ``P[x] ~ exp(-x^2 / (2 sigma_sq))`` on the integers.
-
-    CKS Algorithm 3 (discrete Laplace proposals with ``t = floor(sigma) + 1``, accepted with
-    probability ``exp(-(|y| - sigma^2 / t)^2 / (2 sigma^2))``), vectorised, with every
-    Bernoulli drawn exactly from ``rng`` in integer arithmetic. ``sigma_sq`` is taken as an
-    exact rational (a float as the dyadic rational it is). The draws are int64.
-    """
-    s2 = _sigma_sq_fraction(sigma_sq)
+def _shape_of(size: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(size, bool):
+        raise ValueError("size must be an integer or a sequence of integers")
     shape = (int(size),) if isinstance(size, int | np.integer) else tuple(int(s) for s in size)
-    n = math.prod(shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"size = {size!r} must not be negative")
+    return shape
+
+
+def _bigint_sample(s2: Fraction, n: int, rng: SecureGenerator) -> np.ndarray:
+    """CKS Algorithm 3 on Python integers (any exact ``s2``): the reference path."""
     a, b = s2.numerator, s2.denominator
     t = math.isqrt(a // b) + 1  # floor(sigma) + 1, exactly
     den = 2 * a * b * t * t  # (|y| - s2/t)^2 / (2 s2) = (|y| b t - a)^2 / (2 a b t^2)
@@ -174,7 +180,283 @@ def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Seque
         got = y[accept][:need]
         parts.append(got)
         have += got.size
-    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# -- the fast path: the same algorithms on 64-bit words ------------------------------------------
+_FAST_GAP_LIMIT = 1 << 32
+"""``|g| < 2^32`` keeps ``g^2`` (the acceptance test's numerator) inside a uint64."""
+
+_FAST_DEN_LIMIT = 1 << 62
+"""The acceptance test's denominator stays below this (uniforms on ``[0, den k)`` in int64)."""
+
+_FAST_REACH = 48
+"""Proposals up to ``|y| = 48 t`` must be computable in uint64; further ones (probability
+below ``e^-47`` per proposal) take the Python-integer path, which is exact for any ``|y|``."""
+
+_FAST_MAX_EXCESS = Fraction(1, 1 << 20)
+"""The fast path rounds ``sigma_sq`` up by at most this relative amount (about 9.5e-7), else
+the Python-integer path samples the requested value exactly (it matters only for ``sigma``
+below 0.2, where some values need more; every ``sigma >= 1/2`` is rounded by under 1e-7)."""
+
+_BEXP_CHUNK = 32
+"""``Bernoulli(exp(-w))`` for an integer ``w``: at most this many ``Bernoulli(exp(-1))`` per try."""
+
+
+@dataclass(frozen=True)
+class FastPlan:
+    """How the fast path samples ``N_Z(0, sigma_sq)``: every quantity an integer below 2^63.
+
+    CKS Algorithm 3 with discrete Laplace proposals of scale ``t`` accepts ``y`` with
+    probability ``exp(-(|y| - mu)^2 / (2 sigma_sq))``, ``mu = sigma_sq / t``; written over
+    integers that is ``exp(-g^2 / den)`` with ``g = mu_den |y| - mu_num`` and
+    ``den = 2 sigma_sq mu_den^2`` (an integer). ``sigma_sq`` is the variance parameter that is
+    sampled: the requested one when these integers fit, else the requested one rounded *up*
+    (see :func:`fast_plan`).
+    """
+
+    sigma_sq: Fraction
+    t: int
+    mu_num: int
+    mu_den: int
+    den: int
+    y_fast: int  # |y| <= y_fast: |g| < 2^32, so g^2 fits in a uint64
+
+
+def _plan_for(s2: Fraction, t: int) -> FastPlan | None:
+    mu = s2 / t
+    mn, md = mu.numerator, mu.denominator
+    den = 2 * s2 * md * md
+    if den.denominator != 1:  # cannot happen (s2's denominator divides md), kept as a guard
+        return None
+    y_fast = (_FAST_GAP_LIMIT - 1 + mn) // md
+    if den.numerator >= _FAST_DEN_LIMIT or mn >= _FAST_GAP_LIMIT or y_fast < _FAST_REACH * t:
+        return None
+    return FastPlan(s2, t, mn, md, int(den.numerator), int(y_fast))
+
+
+def fast_plan(sigma_sq: int | float | Fraction) -> FastPlan | None:
+    """The fast path's plan for ``sigma_sq``, or ``None`` when only Python integers will do.
+
+    ``t = floor(sigma) + 1`` of the requested value (CKS's choice; any integer ``t >= 1`` keeps
+    Algorithm 3 exact, it only sets the acceptance rate). The requested ``sigma_sq`` is kept
+    when its integers fit. Otherwise (a float's dyadic rational squared has a ~100-bit
+    numerator) it is rounded **up** to ``t c / q`` with ``q`` the largest power of two that
+    fits and ``c = ceil(sigma_sq q / t)``: then ``mu = c / q``, and the relative excess is
+    below ``t / (q sigma_sq)``, under 1e-7 for every ``sigma >= 1/2`` (more noise, never
+    less). ``None`` when the excess would pass :data:`_FAST_MAX_EXCESS` (only for some
+    ``sigma`` below 0.2) or when even ``q = 1`` does not fit (``sigma`` beyond about 9.1e7).
+    """
+    s2 = _sigma_sq_fraction(sigma_sq)
+    t = math.isqrt(s2.numerator // s2.denominator) + 1
+    exact = _plan_for(s2, t)
+    if exact is not None:
+        return exact
+    if 2 * s2 >= _FAST_DEN_LIMIT:
+        return None
+    # md = q / gcd(c, q) <= q and md (REACH t) <= 2^32 - 1 + mn: start a little above that q
+    top = (_FAST_GAP_LIMIT // (_FAST_REACH * t)).bit_length() + 1
+    for j in range(top, -1, -1):
+        q = 1 << j
+        c = -((-s2.numerator * q) // (s2.denominator * t))  # ceil(s2 q / t)
+        plan = _plan_for(Fraction(t * c, q), t)
+        if plan is not None:
+            return plan if plan.sigma_sq - s2 <= s2 * _FAST_MAX_EXCESS else None
+    return None
+
+
+def sampled_sigma_sq(sigma_sq: int | float | Fraction) -> Fraction:
+    """The exact variance parameter :func:`sample_discrete_gaussian` samples for ``sigma_sq``
+    (``method = "auto"``): ``>= sigma_sq``, equal when the fast path can keep it exactly or the
+    Python-integer path is taken."""
+    plan = fast_plan(sigma_sq)
+    return plan.sigma_sq if plan is not None else _sigma_sq_fraction(sigma_sq)
+
+
+def _uniform_below(rng: SecureGenerator, span: int, n: int) -> np.ndarray:
+    """``n`` exact uniforms on ``[0, span)`` (``1 <= span <= 2^63``), int64.
+
+    Rejection sampling on words of ``rng.bytes``: 32-bit words when ``span <= 2^32``, else
+    64-bit, masked to the bit length of ``span - 1`` (each kept word is exactly uniform:
+    no modulo bias); the kept words are taken in stream order.
+    """
+    if span == 1:
+        return np.zeros(n, dtype=np.int64)
+    bits = (span - 1).bit_length()
+    dtype = "<u4" if bits <= 32 else "<u8"
+    width = 4 if bits <= 32 else 8
+    mask = np.array((1 << bits) - 1, dtype=dtype)
+    limit = np.array(span, dtype=np.uint64)
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < n:
+        need = n - have
+        m = need * (1 << bits) // span + need // 16 + 16  # acceptance span / 2^bits >= 1/2
+        words = np.frombuffer(rng.bytes(width * m), dtype=dtype) & mask
+        kept = words[words < limit][:need]
+        parts.append(kept)
+        have += kept.size
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out.astype(np.int64)
+
+
+def _fast_bernoulli_exp_frac(r: np.ndarray, d: int, rng: SecureGenerator) -> np.ndarray:
+    """Exact ``Bernoulli(exp(-r / d))`` per element (int64 ``0 <= r <= d``, one int ``d``).
+
+    CKS Algorithm 1: ``K`` is the first ``k`` whose ``Bernoulli(r / (d k))`` is 0, and the
+    result is ``K`` odd. The test is ``U < r`` for ``U`` uniform on ``[0, d k)`` from
+    :func:`_uniform_below` (rejection on masked words: no modulo bias); when
+    ``d k`` passes ``2^63`` it is ``Bernoulli(r / d)`` and ``Bernoulli(1 / k)``, independent.
+    """
+    out = np.zeros(r.size, dtype=bool)
+    todo = np.arange(r.size)
+    rest = r
+    k = 1
+    while todo.size:
+        span = d * k
+        if span <= 1 << 63:
+            a = _uniform_below(rng, span, todo.size) < rest
+        else:
+            a = (_uniform_below(rng, d, todo.size) < rest) & (
+                _uniform_below(rng, k, todo.size) == 0)
+        if k % 2:
+            out[todo[~a]] = True  # stopped at K = k odd: exp(-gamma) is P(K odd)
+        todo, rest = todo[a], rest[a]
+        k += 1
+    return out
+
+
+def _fast_bernoulli_exp1(n: int, rng: SecureGenerator) -> np.ndarray:
+    """``n`` exact ``Bernoulli(exp(-1))``."""
+    return _fast_bernoulli_exp_frac(np.ones(n, dtype=np.int64), 1, rng)
+
+
+def _fast_bernoulli_exp_whole(w: np.ndarray, rng: SecureGenerator) -> np.ndarray:
+    """Exact ``Bernoulli(exp(-w))`` for integers ``w >= 0``: ``w`` independent
+    ``Bernoulli(exp(-1))`` all 1, drawn ``_BEXP_CHUNK`` at a time per element."""
+    alive = np.ones(w.size, dtype=bool)
+    left = w.astype(np.int64)
+    idx = np.flatnonzero(left > 0)
+    while idx.size:
+        take = np.minimum(left[idx], _BEXP_CHUNK)
+        draws = _fast_bernoulli_exp1(int(take.sum()), rng)
+        starts = np.cumsum(take) - take
+        failed = np.logical_or.reduceat(~draws, starts)
+        alive[idx[failed]] = False
+        left[idx] -= take
+        idx = idx[~failed & (left[idx] > 0)]
+    return alive
+
+
+def _fast_geometric(n: int, rng: SecureGenerator) -> np.ndarray:
+    """``n`` draws of ``V`` = the number of 1s before the first 0 in a stream of
+    ``Bernoulli(exp(-1))``: the stream is drawn in blocks and cut at its zeros, in order."""
+    out = np.empty(n, dtype=np.int64)
+    filled, carry = 0, 0
+    while filled < n:
+        need = n - filled
+        b = _fast_bernoulli_exp1(need + need * 3 // 5 + 32, rng)  # E[draws per V] = 1.58
+        zeros = np.flatnonzero(~b)
+        if zeros.size == 0:
+            carry += b.size
+            continue
+        gaps = np.diff(zeros, prepend=-1) - 1
+        gaps[0] += carry
+        k = min(need, zeros.size)
+        out[filled:filled + k] = gaps[:k]
+        filled += k
+        carry = b.size - 1 - int(zeros[-1])
+    return out
+
+
+def _fast_discrete_laplace(t: int, m: int, rng: SecureGenerator) -> np.ndarray:
+    """Up to ``m`` exact draws of the discrete Laplace with scale ``t`` (CKS Algorithm 2)."""
+    u = _uniform_below(rng, t, m)
+    u = u[_fast_bernoulli_exp_frac(u, t, rng)]
+    x = u + t * _fast_geometric(u.size, rng)
+    negative = np.unpackbits(np.frombuffer(rng.bytes((x.size + 7) // 8), dtype=np.uint8),
+                             count=x.size).astype(bool)
+    ok = ~(negative & (x == 0))  # -0 would double the mass at 0
+    return np.where(negative, -x, x)[ok]
+
+
+def _fast_accept(plan: FastPlan, y: np.ndarray, rng: SecureGenerator) -> np.ndarray:
+    """CKS Algorithm 3's test: ``Bernoulli(exp(-g^2 / den))``, ``g = mu_den |y| - mu_num``."""
+    ay = np.abs(y)
+    accept = np.zeros(y.size, dtype=bool)
+    fast = np.flatnonzero(ay <= plan.y_fast)
+    g = np.abs(ay[fast] * plan.mu_den - plan.mu_num).astype(np.uint64)  # < 2^32
+    g2 = g * g
+    den = np.uint64(plan.den)
+    whole, rem = (g2 // den).astype(np.int64), (g2 % den).astype(np.int64)
+    ok = _fast_bernoulli_exp_frac(rem, plan.den, rng)
+    idx = np.flatnonzero(ok)
+    ok[idx] = _fast_bernoulli_exp_whole(whole[idx], rng)
+    accept[fast] = ok
+    far = np.flatnonzero(ay > plan.y_fast)  # probability < e^-47 per proposal: exact, slow
+    if far.size:
+        gap = _as_objects(ay[far]) * plan.mu_den - plan.mu_num
+        accept[far] = _bernoulli_exp(gap * gap, _as_objects(np.full(far.size, plan.den)), rng)
+    return accept
+
+
+def _proposals(need: int, t: int) -> int:
+    """Proposals for ``need`` draws: the share that becomes draws is 0.35-0.48 (lowest for
+    ``t <= 2``, about 0.48 from ``t = 6`` on), plus four standard deviations, so that one batch
+    nearly always suffices (each further batch costs as many numpy passes as the first)."""
+    expected = need / (0.34 if t < 6 else 0.46)
+    return int(expected + 4 * math.sqrt(expected)) + 32
+
+
+def _fast_sample(plan: FastPlan, n: int, rng: SecureGenerator) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < n:
+        need = n - have
+        y = _fast_discrete_laplace(plan.t, _proposals(need, plan.t), rng)
+        got = y[_fast_accept(plan, y, rng)][:need]
+        parts.append(got)
+        have += got.size
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+SAMPLER_VERSION = 2
+"""Which draws a stream yields: 1 was the Python-integer sampler alone (``method = "bigint"``
+still reads the stream that way); 2 takes the 64-bit path whenever it has a plan. A round
+replayed from a secret regenerates its release only under the same version."""
+
+SAMPLING_METHODS = ("auto", "fast", "bigint")
+"""``auto``: the fast path when :func:`fast_plan` has a plan, else Python integers."""
+
+
+def sample_discrete_gaussian(sigma_sq: int | float | Fraction, size: int | Sequence[int],
+                             rng: SecureGenerator, *, method: str = "auto") -> np.ndarray:
+    """Exact draws of ``N_Z(0, sigma_sq)``: ``P[x] ~ exp(-x^2 / (2 sigma_sq))`` on the integers.
+
+    CKS Algorithm 3 (discrete Laplace proposals with ``t = floor(sigma) + 1``, accepted with
+    probability ``exp(-(|y| - sigma^2 / t)^2 / (2 sigma^2))``), vectorised, with every
+    Bernoulli drawn exactly from ``rng`` in integer arithmetic: no floating point anywhere.
+    The draws are int64.
+
+    ``method``: ``"fast"`` runs Algorithms 1-3 on int64/uint64 words (:class:`FastPlan`; it
+    samples :func:`sampled_sigma_sq`, the requested ``sigma_sq`` or, when that does not fit
+    in 64-bit products, a value rounded up by at most ~1e-7 relative); ``"bigint"`` runs them
+    on Python integers with ``sigma_sq`` taken exactly (a float as the dyadic rational it is);
+    ``"auto"`` (default) is ``"fast"`` whenever :func:`fast_plan` has a plan (every ``sigma``
+    from 0.2 to about 9.1e7), else ``"bigint"``. Both paths sample the exact discrete Gaussian of their
+    variance parameter; they read the stream differently, so their draws differ.
+    """
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"method = {method!r} is not one of {list(SAMPLING_METHODS)}")
+    s2 = _sigma_sq_fraction(sigma_sq)
+    shape = _shape_of(size)
+    n = math.prod(shape)
+    plan = fast_plan(s2) if method != "bigint" else None
+    if method == "fast" and plan is None:
+        raise ValueError(f"sigma_sq = {sigma_sq!r} has no 64-bit fast-path plan (sigma above "
+                         "about 9.1e7 grid steps, or some sigma below 0.2): use "
+                         "method = 'auto' or 'bigint'")
+    out = _fast_sample(plan, n, rng) if plan is not None else _bigint_sample(s2, n, rng)
     return out.astype(np.int64).reshape(shape)
 
 
@@ -226,6 +508,17 @@ def rounded_norm_bound(clip_norm: float, gamma: float, dim: int,
     return min(first, second)
 
 
+def _squared_norm(v: np.ndarray) -> int:
+    """The exact ``sum(v_i^2)`` of an int64 vector: in int64 when no square or partial sum can
+    overflow (``size * peak^2 < 2^63``), else on Python integers."""
+    if v.size == 0:
+        return 0
+    peak = max(-int(v.min()), int(v.max()))
+    if v.size * peak * peak < 1 << 63:
+        return int(np.dot(v, v))
+    return sum(int(a) * int(a) for a in v)
+
+
 def conditional_rounding(x: Any, clip_norm: float, gamma: float, rng: SecureGenerator,
                          beta: float = DEFAULT_BETA) -> np.ndarray:
     """Round ``x / gamma`` to integers, unbiasedly per coordinate, inside the norm bound.
@@ -251,7 +544,7 @@ def conditional_rounding(x: Any, clip_norm: float, gamma: float, rng: SecureGene
     base = low.astype(np.int64)
     for _ in range(_MAX_ROUNDING_TRIES):
         out = base + (rng.random(arr.size) < frac).astype(np.int64)
-        if sum(int(v) * int(v) for v in out) <= limit:
+        if _squared_norm(out) <= limit:
             return out
     raise RoundingFailedError(f"no rounding within norm {bound:.6g} in {_MAX_ROUNDING_TRIES} "
                               f"tries (dim {arr.size}, beta {beta})")
@@ -472,6 +765,9 @@ __all__ = [
     "DEFAULT_BETA",
     "MODULUS_BITS",
     "WRAP_SIGMAS",
+    "SAMPLER_VERSION",
+    "SAMPLING_METHODS",
+    "FastPlan",
     "RoundingFailedError",
     "client_share",
     "conditional_rounding",
@@ -488,6 +784,8 @@ __all__ = [
     "equivalent_noise_multiplier",
     "gaussian_event_for_zcdp",
     "modular_sum",
+    "fast_plan",
     "rounded_norm_bound",
     "sample_discrete_gaussian",
+    "sampled_sigma_sq",
 ]
