@@ -7,22 +7,33 @@ mini-batch order (``_batch_seed`` and ``torch.randperm``), the same two phases (
 parameters with the shared ones frozen, then the shared ones), and Adam reimplemented
 functionally with ``torch.optim.Adam``'s update, one optimizer state per client.
 
-How: the model's forward is made a function of its parameters (``torch.func.functional_call``)
-and ``torch.func.vmap`` maps the gradient of one client's loss over a block of clients, each
-with its own stacked parameters and mini-batch. Clients are sorted by data size, so at step
-``s`` the clients still training are a prefix of the block; a shorter mini-batch is padded
-with rows whose mask is zero (they add exactly zero to the loss and its gradient) and the
-loss is divided by the client's own row count, as the loop's mean is.
+How: every client's shared and personal parameters are stacked on a leading client axis
+and the model scores a block of clients at once (:meth:`Recommender.stacked_scores`: a
+hand-batched formulation for the FFM and FedMF, ``torch.func.vmap`` over ``forward``
+otherwise). The sum of the clients' losses is differentiated once per step; since each
+client's loss depends only on its own slice of the stacked parameters, its slice of the
+gradient is exactly its own gradient, and Adam is elementwise, so one update of the stack
+is every client's own step. What the frozen backbone computes from a row's history is
+computed once per block (:meth:`Recommender.frozen_rows`), not at every step of both phases.
+
+Clients are sorted by data size, so at step ``s`` the clients still training are a prefix
+of the block; a shorter mini-batch is padded with rows whose mask is zero (they add exactly
+zero to the loss and its gradient) and each client's loss is divided by its own row count,
+as the loop's mean is. A model whose shared parameters have one row per item (FedMF's item
+table, :attr:`Recommender.item_rows`) trains each client's copy restricted to the items of
+its own rows: the other rows get an exactly zero gradient at every step, so Adam leaves them
+exactly unchanged in the loop as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad_and_value, vmap
+import torch.utils.deterministic
 from torch.nn import functional as F
 
 from ffm_private.client import (
@@ -31,20 +42,24 @@ from ffm_private.client import (
     LocalTrainingConfig,
     _batch_seed,
     deterministic_torch,
-    shared_delta,
 )
 from ffm_private.config import ConfigError
 from ffm_private.data import train_negative_rng
+from ffm_private.defense.projection import project_out
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
-from ffm_private.models import FROZEN, PERSONAL, SHARED, Recommender, SharedSpec, params_of
+from ffm_private.models import PERSONAL, SHARED, Recommender, SharedSpec, params_of
 from ffm_private.training_data import Examples, build_examples
 
 #: torch.optim.Adam's defaults, which the loop uses.
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 #: Floats of working memory assumed per stacked parameter (value, gradient, two Adam moments,
-#: temporaries of the update), per history embedding and per candidate embedding element of a
-#: mini-batch (forward intermediates and their gradients).
-_PARAM_COPIES, _HISTORY_COPIES, _CANDIDATE_COPIES = 8, 2, 8
+#: temporaries of the update); per candidate of a mini-batch row, in units of the embedding
+#: width (the gathered item embeddings and the forward and backward temporaries); per row
+#: of the block (the frozen row features: history and candidate embeddings; the examples).
+_PARAM_COPIES, _CANDIDATE_COPIES, _ROW_COPIES = 8, 3, 2
+#: A step's clients are computed in runs whose padded mini-batches are at least this
+#: fraction real rows, each run at least ``_MIN_ROWS`` real rows (:func:`_chunks`).
+_FILL, _MIN_ROWS, _MAX_ROWS = 0.75, 2048, 8192
 
 
 @dataclass
@@ -54,24 +69,49 @@ class _Client:
     personal: dict[str, np.ndarray]
 
 
-def block_size(model: Recommender, cfg: LocalTrainingConfig, memory_budget_mb: int,
-               rows: int | None = None) -> int:
-    """Clients per block so that the block's estimated working memory fits the budget.
+def _compacts(model: Recommender) -> tuple[str, ...]:
+    """The shared item-row parameters trained restricted to each client's own items."""
+    return tuple(model.item_rows) if getattr(model, "stacked_item_rows", False) else ()
 
-    Per client: every shared and personal parameter stacked ``_PARAM_COPIES`` times, plus
-    the activations of a mini-batch of ``rows`` rows (default: a full local batch; history
-    and candidate embeddings, forward and backward). An estimate, not a bound: it sizes
-    blocks, it does not cap the process.
+
+def _client_cost(model: Recommender, cfg: LocalTrainingConfig) -> Callable[[int], int]:
+    """Estimated bytes of working memory for a client with ``rows`` training rows.
+
+    Every shared and personal parameter stacked ``_PARAM_COPIES`` times (an item-row table
+    only at the rows such a client can touch), its rows' frozen features and examples, and
+    its share of a mini-batch's activations.
     """
-    rows = cfg.batch_size if rows is None else rows
     dim = int(getattr(model, "dim", 64))
     history = int(getattr(model, "history_length", 1))
-    per_param = sum(p[0].numel() if name.startswith(PERSONAL) else p.numel()
-                    for group in (SHARED, PERSONAL)
-                    for name, p in params_of(model, group).items())
-    per_row = _HISTORY_COPIES * history + _CANDIDATE_COPIES * (1 + cfg.num_negatives)
-    per_client = 4 * (_PARAM_COPIES * per_param + rows * dim * per_row)
-    return max(1, int(memory_budget_mb * 2**20 // per_client))
+    candidates = 1 + cfg.num_negatives
+    compact = _compacts(model)
+    fixed, per_item = 0, 0
+    for group in (SHARED, PERSONAL):
+        for name, p in params_of(model, group).items():
+            if name in compact:
+                per_item += p[0].numel()
+            else:
+                fixed += p[0].numel() if group == PERSONAL else p.numel()
+    n_rows = params_of(model, SHARED)[compact[0]].shape[0] if compact else 0
+    per_step_row = _CANDIDATE_COPIES * candidates * dim
+    per_row = _ROW_COPIES * (dim * (1 + candidates) + history + 2 * candidates)
+
+    def cost(rows: int) -> int:
+        params = fixed + min(n_rows, rows * candidates) * per_item
+        return 4 * (_PARAM_COPIES * params + min(rows, cfg.batch_size) * per_step_row
+                    + rows * per_row)
+
+    return cost
+
+
+def block_size(model: Recommender, cfg: LocalTrainingConfig, memory_budget_mb: int,
+               rows: int | None = None) -> int:
+    """Clients of ``rows`` training rows (default: one local batch) per block of the budget.
+
+    An estimate, not a bound: it sizes blocks, it does not cap the process.
+    """
+    rows = cfg.batch_size if rows is None else rows
+    return max(1, int(memory_budget_mb * 2**20 // _client_cost(model, cfg)(rows)))
 
 
 def train_batched(model: Recommender, message: GlobalModelMessage,
@@ -92,16 +132,31 @@ def train_batched(model: Recommender, message: GlobalModelMessage,
                           "federated.engine = 'loop'")
     order = sorted(clients, key=lambda c: -len(c.train))  # stable: ties keep the given order
     out: dict[int, ClientResult] = {}
-    with deterministic_torch():
-        for block in _blocks([len(c.train) for c in order],
-                             lambda rows: block_size(model, cfg, memory_budget_mb, rows),
-                             cfg.batch_size):
+    with deterministic_torch(), _uninitialized_memory_left_alone():
+        cost = _client_cost(model, cfg)
+        for block in _blocks([cost(len(c.train)) for c in order], memory_budget_mb * 2**20):
             # examples are built per block, so only one block's inputs are held at a time
             prepared = [_prepare(model, message, order[i], personal_of, cfg, seed)
                         for i in block]
             for result in _train_block(model, message, prepared, cfg, seed):
                 out[result.update.client_id] = result
     return {c.user: out[c.user] for c in clients}
+
+
+@contextmanager
+def _uninitialized_memory_left_alone() -> Iterator[None]:
+    """Deterministic mode without its NaN-filling of every new tensor, then restored.
+
+    With deterministic algorithms on, torch fills each uninitialised allocation with NaN so
+    that reading it by mistake shows; the engine's large block tensors would be written
+    twice (a fifth of a round's time). Only memory a kernel overwrites is affected.
+    """
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = before
 
 
 def _prepare(model: Recommender, message: GlobalModelMessage, data: ClientData,
@@ -115,62 +170,80 @@ def _prepare(model: Recommender, message: GlobalModelMessage, data: ClientData,
     return _Client(data, examples, personal)
 
 
-def _blocks(sizes: list[int], capacity: Callable[[int], int],
-            batch_size: int) -> list[list[int]]:
-    """Consecutive runs (as indices) of the size-sorted clients, each within the estimate.
+def _blocks(costs: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs (as indices) of the clients whose estimated costs fit the budget.
 
-    A step pads every client's mini-batch to the block's largest, so a block also ends
-    where a client's first mini-batch is under half the block's first one: at least half
-    of every padded first step is real rows.
+    Every block holds at least one client. Padding is no concern here: each step groups
+    the block's clients by mini-batch size (:func:`_chunks`).
     """
     blocks: list[list[int]] = []
-    first_rows = limit = 0
-    for i, size in enumerate(sizes):
-        rows = min(size, batch_size)
-        if blocks and 2 * rows >= first_rows and len(blocks[-1]) < limit:
+    used = 0
+    for i, cost in enumerate(costs):
+        if blocks and used + cost <= budget:
             blocks[-1].append(i)
+            used += cost
         else:
             blocks.append([i])
-            first_rows, limit = rows, capacity(rows)
+            used = cost
     return blocks
+
+
+@dataclass
+class _Inputs:
+    """A block's training rows, every client's laid end to end (no padding)."""
+
+    rows: dict[str, torch.Tensor]  # frozen row features (total rows, ...)
+    items: torch.Tensor            # (total, K): global item ids, or local ones when compacted
+    labels: torch.Tensor           # (total, K)
+    sizes: list[int]
+    offsets: torch.Tensor          # (B,): the first row of each client
 
 
 def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_Client],
                  cfg: LocalTrainingConfig, seed: int) -> list[ClientResult]:
     spec = SharedSpec.of(model)
     n = len(block)
-    frozen = {k: v.detach() for k, v in model.named_parameters() if k.startswith(FROZEN)}
-    frozen.update({k: v.detach() for k, v in model.named_buffers()})
-    shared = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
-              for k, v in message.shared.items()}
-    personal_names = list(params_of(model, PERSONAL))
-    personal = {k: torch.stack([torch.tensor(c.personal[k]) for c in block])[:, None]
-                for k in personal_names}
-    inputs = _stack_examples([c.examples for c in block], model.pad)
+    compact = _compacts(model)
+    examples = [c.examples for c in block]
+    sizes = [len(e) for e in examples]
+    items = np.concatenate([e.items for e in examples])
+    local = _local_items(examples) if compact else None
+    with torch.no_grad():
+        rows = model.frozen_rows(torch.from_numpy(np.concatenate([e.history for e in examples])),
+                                 torch.from_numpy(items))
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+    inputs = _Inputs(rows, torch.from_numpy(items if local is None else local[0]),
+                     torch.from_numpy(np.concatenate([e.labels for e in examples])), sizes,
+                     offsets)
+    received = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
+                for k, v in message.shared.items()}
+    # the received state, as every client's copy (a stride-0 view, compacted rows gathered)
+    shared = {k: (_rows_of(v, local[1]) if k in compact else v.expand(n, *v.shape))
+              for k, v in received.items()}
+    personal = {k: torch.stack([torch.from_numpy(c.personal[k]) for c in block])[:, None]
+                for k in params_of(model, PERSONAL)}
     round_id = message.round_id
     if personal and cfg.personal_epochs:
         seeds = [_batch_seed(seed, round_id, c.data.user, 1) for c in block]
         personal, personal_loss = _phase(
-            model, frozen, trained=personal, fixed=shared, fixed_batched=False, inputs=inputs,
-            epochs=cfg.personal_epochs, lr=cfg.personal_lr, batch_size=cfg.batch_size,
-            seeds=seeds)
+            model, trained=personal, fixed=shared, inputs=inputs, epochs=cfg.personal_epochs,
+            lr=cfg.personal_lr, batch_size=cfg.batch_size, seeds=seeds)
     else:
         personal_loss = [float("nan")] * n
-    stacked_shared = {k: v.expand(n, *v.shape).clone() for k, v in shared.items()}
-    if stacked_shared and cfg.local_epochs:
+    if shared and cfg.local_epochs:
         seeds = [_batch_seed(seed, round_id, c.data.user, 2) for c in block]
-        stacked_shared, shared_loss = _phase(
-            model, frozen, trained=stacked_shared, fixed=personal, fixed_batched=True,
+        shared, shared_loss = _phase(
+            model, trained={k: v.contiguous() for k, v in shared.items()}, fixed=personal,
             inputs=inputs, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
             seeds=seeds)
     else:
         shared_loss = [float("nan")] * n
+    deltas = _deltas(spec, shared, received, local[1] if local is not None else None,
+                     local[2] if local is not None else None, message)
     results = []
     for i, client in enumerate(block):
-        new_shared = {k: v[i].numpy().copy() for k, v in stacked_shared.items()}
         metrics = {"personal_loss": personal_loss[i], "shared_loss": shared_loss[i]}
-        update = ClientUpdate(client_id=client.data.user, round_id=round_id,
-                              delta=shared_delta(spec, new_shared, message),
+        update = ClientUpdate(client_id=client.data.user, round_id=round_id, delta=deltas[i],
                               num_examples=len(client.examples), metrics=dict(metrics))
         results.append(ClientResult(
             update=update, personal={k: v[i, 0].numpy().copy() for k, v in personal.items()},
@@ -178,33 +251,75 @@ def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_C
     return results
 
 
-@dataclass
-class _Inputs:
-    history: torch.Tensor  # (B, N, L), padded rows hold the pad item
-    items: torch.Tensor    # (B, N, K)
-    labels: torch.Tensor   # (B, N, K)
-    sizes: list[int]
+def _deltas(spec: SharedSpec, trained: Mapping[str, torch.Tensor],
+            received: Mapping[str, torch.Tensor], ids: np.ndarray | None,
+            counts: np.ndarray | None, message: GlobalModelMessage) -> np.ndarray:
+    """Every client's flat update (one row each), as :func:`client.shared_delta` forms it.
+
+    The new state and the received one in float64, subtracted; with compacted item rows,
+    the rows a client never touched are exactly zero (the loop leaves them unchanged).
+    With a defense basis in the message, each row is projected as ``shared_delta`` does.
+    """
+    n = next(iter(trained.values())).shape[0] if trained else 0
+    out = np.zeros((n, spec.size), dtype=np.float64)
+    offset = 0
+    if ids is not None:  # (client, slot) of every slot in use
+        client, slot = np.nonzero(np.arange(ids.shape[1])[None, :] < counts[:, None])
+    for name, shape in zip(spec.names, spec.shapes, strict=True):
+        size = int(np.prod(shape))
+        new = trained[name].detach().numpy()
+        old = received[name].numpy()
+        if ids is None:
+            np.subtract(new.reshape(n, size), old.reshape(1, size), dtype=np.float64,
+                        out=out[:, offset:offset + size])
+        else:
+            width = size // shape[0]
+            row = ids[client, slot]
+            diff = (new[client, slot].reshape(-1, width).astype(np.float64)
+                    - old[row].reshape(-1, width).astype(np.float64))
+            cols = (client * spec.size + offset + row * width)[:, None] + np.arange(width)
+            out.reshape(-1)[cols.reshape(-1)] = diff.reshape(-1)
+        offset += size
+    if message.defense_basis is not None:
+        out = project_out(out, message.defense_basis)
+    return out
 
 
-def _stack_examples(examples: list[Examples], pad: int) -> _Inputs:
-    width = max(len(e) for e in examples)
-    b, hist_len, k = len(examples), examples[0].history.shape[1], examples[0].items.shape[1]
-    history = np.full((b, width, hist_len), pad, dtype=np.int64)
-    items = np.zeros((b, width, k), dtype=np.int64)
-    labels = np.zeros((b, width, k), dtype=np.float32)
-    for i, e in enumerate(examples):
-        history[i, :len(e)], items[i, :len(e)], labels[i, :len(e)] = e.history, e.items, e.labels
-    return _Inputs(torch.from_numpy(history), torch.from_numpy(items), torch.from_numpy(labels),
-                   [len(e) for e in examples])
+def _local_items(examples: list[Examples]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each client's candidates renumbered among its own distinct items.
+
+    Returns the local ids of every row's candidates ``(total, K)``, the global id of each
+    client's local slots ``(B, T)`` (unused slots repeat a client's first item; they are
+    never trained nor written back) and each client's count of distinct items.
+    """
+    local, uniques = [], []
+    for e in examples:
+        ids, inverse = np.unique(e.items, return_inverse=True)
+        local.append(inverse.reshape(e.items.shape))
+        uniques.append(ids)
+    counts = np.array([len(u) for u in uniques], dtype=np.int64)
+    table = np.zeros((len(examples), max(1, int(counts.max(initial=0)))), dtype=np.int64)
+    for i, ids in enumerate(uniques):
+        table[i, :len(ids)] = ids
+        table[i, len(ids):] = ids[0] if len(ids) else 0
+    return np.concatenate(local).astype(np.int64), table, counts
 
 
 def _schedules(sizes: list[int], seeds: list[int], epochs: int,
-               batch_size: int) -> list[list[torch.Tensor]]:
-    """Each client's mini-batches in the loop's order: a fresh permutation per epoch."""
-    out = []
+               batch_size: int) -> list[list[torch.Tensor | None]]:
+    """Each client's mini-batches in the loop's order: a fresh permutation per epoch.
+
+    ``None`` stands for a mini-batch of all the client's rows (a client with at most
+    ``batch_size`` rows, at every epoch): its loss is their mean in whatever order, so the
+    rows are taken as they lie, without drawing (or applying) the loop's permutation.
+    """
+    out: list[list[torch.Tensor | None]] = []
     for size, seed in zip(sizes, seeds, strict=True):
+        if size <= batch_size:
+            out.append([None] * epochs if size else [])
+            continue
         gen = torch.Generator().manual_seed(seed)
-        steps = []
+        steps: list[torch.Tensor | None] = []
         for _ in range(epochs):
             order = torch.randperm(size, generator=gen)
             steps += [order[s:s + batch_size] for s in range(0, size, batch_size)]
@@ -212,10 +327,33 @@ def _schedules(sizes: list[int], seeds: list[int], epochs: int,
     return out
 
 
-def _phase(model: Recommender, frozen: Mapping[str, torch.Tensor], *,
-           trained: dict[str, torch.Tensor], fixed: Mapping[str, torch.Tensor],
-           fixed_batched: bool, inputs: _Inputs, epochs: int, lr: float, batch_size: int,
-           seeds: list[int]) -> tuple[dict[str, torch.Tensor], list[float]]:
+def _chunks(lengths: list[int]) -> list[tuple[int, int]]:
+    """Runs ``[lo, hi)`` of a step's clients computed together.
+
+    Each run pads its clients' mini-batches to its largest; a run ends where a client's
+    mini-batch is under ``_FILL`` of the run's first, once the run holds at least
+    ``_MIN_ROWS`` real rows (below that, a separate computation costs more than padding),
+    and before it exceeds ``_MAX_ROWS`` (a run's tensors then stay in the processor's
+    cache from one operation to the next).
+    In one epoch the sizes do not increase along the block (clients are sorted by size);
+    with several epochs a client's last, partial mini-batch can come before a smaller
+    client's full one, and the run is padded to its largest.
+    """
+    out, lo, real = [], 0, 0
+    for i, rows in enumerate(lengths):
+        if i > lo and (real + rows > _MAX_ROWS
+                       or rows < _FILL * lengths[lo] and real >= _MIN_ROWS):
+            out.append((lo, i))
+            lo, real = i, 0
+        real += rows
+    if lengths:
+        out.append((lo, len(lengths)))
+    return out
+
+
+def _phase(model: Recommender, *, trained: dict[str, torch.Tensor],
+           fixed: Mapping[str, torch.Tensor], inputs: _Inputs, epochs: int, lr: float,
+           batch_size: int, seeds: list[int]) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Adam on ``trained`` (stacked per client) over each client's own mini-batches.
 
     Clients are sorted by size (largest first), so the ones still training at step ``s``
@@ -228,43 +366,52 @@ def _phase(model: Recommender, frozen: Mapping[str, torch.Tensor], *,
     trained = {k: v.clone() for k, v in trained.items()}
     exp_avg = {k: torch.zeros_like(v) for k, v in trained.items()}
     exp_avg_sq = {k: torch.zeros_like(v) for k, v in trained.items()}
-    loss_sum = [0.0] * len(schedules)
-    owner = torch.zeros(1, dtype=torch.long)
-
-    def loss_fn(train_p, fixed_p, history, items, labels, mask, count):
-        params = {**frozen, **fixed_p, **train_p}
-        logits = functional_call(model, params, (history, items, owner.expand(len(history))))
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        loss = (bce * mask[:, None]).sum() / (count * labels.shape[-1])
-        return loss, loss
-
-    step_fn = vmap(grad_and_value(loss_fn, has_aux=True),
-                   in_dims=(0, 0 if fixed_batched else None, 0, 0, 0, 0, 0))
+    loss_sum = torch.zeros(len(schedules), dtype=torch.float64)
+    candidates = inputs.items.shape[-1]
     for s in range(max(total_steps, default=0)):
         active = sum(1 for t in total_steps if t > s)
         idx = [schedules[i][s] for i in range(active)]
-        rows = max(len(x) for x in idx)
-        index = torch.zeros(active, rows, dtype=torch.long)
-        mask = torch.zeros(active, rows)
-        for i, x in enumerate(idx):
-            index[i, :len(x)] = x
-            mask[i, :len(x)] = 1.0
-        count = torch.tensor([float(len(x)) for x in idx])
-        client = torch.arange(active)[:, None]
-        batch = (inputs.history[client, index], inputs.items[client, index],
-                 inputs.labels[client, index])
-        train_p = {k: v[:active] for k, v in trained.items()}
-        fixed_p = {k: v[:active] for k, v in fixed.items()} if fixed_batched else fixed
-        grads, (_, loss) = step_fn(train_p, fixed_p, *batch, mask, count)
-        with torch.no_grad():
-            _adam_step(train_p, grads, {k: v[:active] for k, v in exp_avg.items()},
-                       {k: v[:active] for k, v in exp_avg_sq.items()}, step=s + 1, lr=lr)
-        for i, value in enumerate(loss.tolist()):
-            loss_sum[i] += value * len(idx[i])
+        lengths = [inputs.sizes[i] if x is None else len(x) for i, x in enumerate(idx)]
+        for lo, hi in _chunks(lengths):
+            width = max(lengths[lo:hi])
+            count = torch.tensor(lengths[lo:hi])
+            position = torch.arange(width)[None, :]
+            mask = position < count[:, None]
+            # padding positions read the client's first row (masked out of the loss)
+            index = inputs.offsets[lo:hi, None] + torch.where(mask, position, 0)
+            for i in range(lo, hi):
+                if idx[i] is not None:
+                    index[i - lo, :len(idx[i])] = inputs.offsets[i] + idx[i]
+            flat = index.view(-1)
+            params = {k: v[lo:hi].detach().requires_grad_(True) for k, v in trained.items()}
+            scores = model.stacked_scores(
+                {k: _take(v, flat, hi - lo) for k, v in inputs.rows.items()},
+                _take(inputs.items, flat, hi - lo),
+                {**{k: v[lo:hi] for k, v in fixed.items()}, **params})
+            bce = F.binary_cross_entropy_with_logits(scores, _take(inputs.labels, flat, hi - lo),
+                                                     reduction="none")
+            loss = (bce.sum(-1) * mask).sum(-1) / (count * candidates)
+            grads = torch.autograd.grad(loss.sum(), list(params.values()))
+            with torch.no_grad():
+                _adam_step(params, dict(zip(params, grads, strict=True)),
+                           {k: v[lo:hi] for k, v in exp_avg.items()},
+                           {k: v[lo:hi] for k, v in exp_avg_sq.items()}, step=s + 1, lr=lr)
+            loss_sum[lo:hi] += loss.detach().double() * count
     # as the loop: the mean over every trained row (0.0 for a client without rows)
-    means = [total / max(size * epochs, 1) for total, size in zip(loss_sum, inputs.sizes,
-                                                                    strict=True)]
+    means = [float(total) / max(size * epochs, 1)
+             for total, size in zip(loss_sum, inputs.sizes, strict=True)]
     return trained, means
+
+
+def _rows_of(table: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
+    """``table[ids]`` for a ``(B, T)`` array of row ids: each client's own rows."""
+    rows = table.index_select(0, torch.from_numpy(ids.reshape(-1)))
+    return rows.view(*ids.shape, *table.shape[1:])
+
+
+def _take(block: torch.Tensor, flat: torch.Tensor, clients: int) -> torch.Tensor:
+    """Rows ``flat`` of the block's rows, as ``(clients, R, ...)``."""
+    return block.index_select(0, flat).view(clients, -1, *block.shape[1:])
 
 
 def _adam_step(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
