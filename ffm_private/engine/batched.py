@@ -44,7 +44,7 @@ from ffm_private.client import (
     deterministic_torch,
 )
 from ffm_private.config import ConfigError
-from ffm_private.data import train_negative_rng
+from ffm_private.data import sample_train_negatives, train_negative_rng
 from ffm_private.defense.projection import project_out
 from ffm_private.messages import ClientUpdate, GlobalModelMessage
 from ffm_private.models import PERSONAL, SHARED, Recommender, SharedSpec, params_of
@@ -60,13 +60,18 @@ _PARAM_COPIES, _CANDIDATE_COPIES, _ROW_COPIES = 8, 3, 2
 #: A step's clients are computed in runs whose padded mini-batches are at least this
 #: fraction real rows, each run at least ``_MIN_ROWS`` real rows (:func:`_chunks`).
 _FILL, _MIN_ROWS, _MAX_ROWS = 0.75, 2048, 8192
+#: Clients whose training negatives are mapped to items together (an ``(n, items)`` table).
+_SAMPLING_GROUP = 256
 
 
 @dataclass
-class _Client:
-    data: ClientData
+class _Block:
+    """A block's clients, their personal states and their examples laid end to end."""
+
+    clients: list[ClientData]
+    personal: list[dict[str, np.ndarray]]
     examples: Examples
-    personal: dict[str, np.ndarray]
+    sizes: list[int]
 
 
 def _compacts(model: Recommender) -> tuple[str, ...]:
@@ -136,8 +141,11 @@ def train_batched(model: Recommender, message: GlobalModelMessage,
         cost = _client_cost(model, cfg)
         for block in _blocks([cost(len(c.train)) for c in order], memory_budget_mb * 2**20):
             # examples are built per block, so only one block's inputs are held at a time
-            prepared = [_prepare(model, message, order[i], personal_of, cfg, seed)
-                        for i in block]
+            members = [order[i] for i in block]
+            examples, sizes = _block_examples(model, message.round_id, members, cfg, seed)
+            personal = [{k: np.asarray(v, dtype=np.float32) for k, v in personal_of(c.user).items()}
+                        for c in members]
+            prepared = _Block(members, personal, examples, sizes)
             for result in _train_block(model, message, prepared, cfg, seed):
                 out[result.update.client_id] = result
     return {c.user: out[c.user] for c in clients}
@@ -159,15 +167,75 @@ def _uninitialized_memory_left_alone() -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = before
 
 
-def _prepare(model: Recommender, message: GlobalModelMessage, data: ClientData,
-             personal_of: Callable[[int], Mapping[str, np.ndarray]], cfg: LocalTrainingConfig,
-             seed: int) -> _Client:
-    """The client's examples with the loop's negatives (``train_negative_rng``)."""
-    rng = train_negative_rng(seed, message.round_id, data.user)
-    examples = build_examples(data.train, model.n_items, getattr(model, "history_length", 1),
-                              cfg.num_negatives, rng, exclude=data.excluded)
-    personal = {k: np.asarray(v, dtype=np.float32) for k, v in personal_of(data.user).items()}
-    return _Client(data, examples, personal)
+def _block_examples(model: Recommender, round_id: int, clients: list[ClientData],
+                    cfg: LocalTrainingConfig, seed: int) -> tuple[Examples, list[int]]:
+    """Every client's :func:`build_examples` rows, laid end to end, and their counts.
+
+    Each client's negatives are drawn from its own ``train_negative_rng`` with the loop's
+    single ``integers`` call, and mapped to the items that are neither its training items
+    nor excluded, as :func:`sample_train_negatives` maps them (the ``k``-th such item in
+    increasing order); windows are :func:`prefix_windows` of each client's sequence.
+    """
+    n_items, neg = model.n_items, cfg.num_negatives
+    length = getattr(model, "history_length", 1)
+    trains = [np.asarray(c.train, dtype=np.int64) for c in clients]
+    sizes = [len(t) for t in trains]
+    seq = np.concatenate(trains) if trains else np.zeros(0, dtype=np.int64)
+    excluded = [np.asarray(c.excluded, dtype=np.int64) for c in clients
+                if c.excluded is not None and len(c.excluded)]
+    if neg < 0 or any(len(x) and (x.min() < 0 or x.max() >= n_items) for x in [seq, *excluded]):
+        _per_client_examples(model, round_id, clients, cfg, seed)  # raises the loop's error
+    negatives = [_block_negatives(model, round_id, clients[lo:lo + _SAMPLING_GROUP],
+                                  trains[lo:lo + _SAMPLING_GROUP], cfg, seed)
+                 for lo in range(0, len(clients), _SAMPLING_GROUP)]
+    total = len(seq)
+    negs = (np.concatenate(negatives) if negatives else np.zeros(0, np.int64)).reshape(total, neg)
+    start = np.repeat(np.cumsum([0, *sizes[:-1]]).astype(np.int64), sizes)
+    row = np.arange(total)
+    offsets = np.arange(length) - length
+    source = row[:, None] + offsets
+    history = np.where((row - start)[:, None] + offsets >= 0, seq[np.maximum(source, 0)],
+                       model.pad)
+    items = np.concatenate([seq[:, None], negs], axis=1)
+    labels = np.zeros(items.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    return Examples(history.reshape(total, length), items, labels), sizes
+
+
+def _block_negatives(model: Recommender, round_id: int, clients: list[ClientData],
+                     trains: list[np.ndarray], cfg: LocalTrainingConfig, seed: int
+                     ) -> np.ndarray:
+    n_items, neg = model.n_items, cfg.num_negatives
+    b = len(clients)
+    taken = np.zeros((b, n_items), dtype=bool)
+    taken[np.repeat(np.arange(b), [len(t) for t in trains]), np.concatenate(trains)] = True
+    for i, c in enumerate(clients):
+        if c.excluded is not None:
+            taken[i, np.asarray(c.excluded, dtype=np.int64)] = True
+    free = n_items - taken.sum(axis=1)
+    draws = []
+    for i, c in enumerate(clients):
+        count = len(trains[i]) * neg
+        if count == 0:
+            continue
+        if free[i] == 0:  # the loop's DataError
+            sample_train_negatives(trains[i], n_items, neg, np.random.default_rng(0),
+                                   exclude=c.excluded)
+        draws.append(train_negative_rng(seed, round_id, c.user).integers(0, free[i], size=count))
+    if not draws:
+        return np.zeros(0, dtype=np.int64)
+    # the k-th free item of client i: where client i's running count of free items is k + 1
+    running = np.cumsum(~taken, axis=1) + (n_items * np.arange(b))[:, None]
+    owner = np.repeat(np.arange(b), [len(t) * neg for t in trains])
+    base = owner * n_items
+    return np.searchsorted(running.ravel(), base + np.concatenate(draws) + 1) - base
+
+
+def _per_client_examples(model: Recommender, round_id: int, clients: list[ClientData],
+                         cfg: LocalTrainingConfig, seed: int) -> list[Examples]:
+    return [build_examples(c.train, model.n_items, getattr(model, "history_length", 1),
+                           cfg.num_negatives, train_negative_rng(seed, round_id, c.user),
+                           exclude=c.excluded) for c in clients]
 
 
 def _blocks(costs: list[int], budget: int) -> list[list[int]]:
@@ -199,39 +267,35 @@ class _Inputs:
     offsets: torch.Tensor          # (B,): the first row of each client
 
 
-def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_Client],
+def _train_block(model: Recommender, message: GlobalModelMessage, block: _Block,
                  cfg: LocalTrainingConfig, seed: int) -> list[ClientResult]:
     spec = SharedSpec.of(model)
-    n = len(block)
+    n, sizes, examples = len(block.clients), block.sizes, block.examples
     compact = _compacts(model)
-    examples = [c.examples for c in block]
-    sizes = [len(e) for e in examples]
-    items = np.concatenate([e.items for e in examples])
-    local = _local_items(examples) if compact else None
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    local = _local_items(examples.items, starts, sizes) if compact else None
     with torch.no_grad():
-        rows = model.frozen_rows(torch.from_numpy(np.concatenate([e.history for e in examples])),
-                                 torch.from_numpy(items))
-    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
-    inputs = _Inputs(rows, torch.from_numpy(items if local is None else local[0]),
-                     torch.from_numpy(np.concatenate([e.labels for e in examples])), sizes,
-                     offsets)
+        rows = model.frozen_rows(torch.from_numpy(examples.history),
+                                 torch.from_numpy(examples.items))
+    inputs = _Inputs(rows, torch.from_numpy(examples.items if local is None else local[0]),
+                     torch.from_numpy(examples.labels), sizes, torch.from_numpy(starts))
     received = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)
                 for k, v in message.shared.items()}
     # the received state, as every client's copy (a stride-0 view, compacted rows gathered)
     shared = {k: (_rows_of(v, local[1]) if k in compact else v.expand(n, *v.shape))
               for k, v in received.items()}
-    personal = {k: torch.stack([torch.from_numpy(c.personal[k]) for c in block])[:, None]
+    personal = {k: torch.stack([torch.from_numpy(p[k]) for p in block.personal])[:, None]
                 for k in params_of(model, PERSONAL)}
     round_id = message.round_id
     if personal and cfg.personal_epochs:
-        seeds = [_batch_seed(seed, round_id, c.data.user, 1) for c in block]
+        seeds = _order_seeds(block, seed, round_id, 1, cfg.batch_size)
         personal, personal_loss = _phase(
             model, trained=personal, fixed=shared, inputs=inputs, epochs=cfg.personal_epochs,
             lr=cfg.personal_lr, batch_size=cfg.batch_size, seeds=seeds)
     else:
         personal_loss = [float("nan")] * n
     if shared and cfg.local_epochs:
-        seeds = [_batch_seed(seed, round_id, c.data.user, 2) for c in block]
+        seeds = _order_seeds(block, seed, round_id, 2, cfg.batch_size)
         shared, shared_loss = _phase(
             model, trained={k: v.contiguous() for k, v in shared.items()}, fixed=personal,
             inputs=inputs, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -241,10 +305,10 @@ def _train_block(model: Recommender, message: GlobalModelMessage, block: list[_C
     deltas = _deltas(spec, shared, received, local[1] if local is not None else None,
                      local[2] if local is not None else None, message)
     results = []
-    for i, client in enumerate(block):
+    for i, client in enumerate(block.clients):
         metrics = {"personal_loss": personal_loss[i], "shared_loss": shared_loss[i]}
-        update = ClientUpdate(client_id=client.data.user, round_id=round_id, delta=deltas[i],
-                              num_examples=len(client.examples), metrics=dict(metrics))
+        update = ClientUpdate(client_id=client.user, round_id=round_id, delta=deltas[i],
+                              num_examples=sizes[i], metrics=dict(metrics))
         results.append(ClientResult(
             update=update, personal={k: v[i, 0].numpy().copy() for k, v in personal.items()},
             metrics=metrics, dp=None))
@@ -285,7 +349,8 @@ def _deltas(spec: SharedSpec, trained: Mapping[str, torch.Tensor],
     return out
 
 
-def _local_items(examples: list[Examples]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _local_items(items: np.ndarray, starts: np.ndarray, sizes: list[int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each client's candidates renumbered among its own distinct items.
 
     Returns the local ids of every row's candidates ``(total, K)``, the global id of each
@@ -293,19 +358,28 @@ def _local_items(examples: list[Examples]) -> tuple[np.ndarray, np.ndarray, np.n
     never trained nor written back) and each client's count of distinct items.
     """
     local, uniques = [], []
-    for e in examples:
-        ids, inverse = np.unique(e.items, return_inverse=True)
-        local.append(inverse.reshape(e.items.shape))
+    for start, size in zip(starts, sizes, strict=True):
+        own = items[start:start + size]
+        ids, inverse = np.unique(own, return_inverse=True)
+        local.append(inverse.reshape(own.shape))
         uniques.append(ids)
     counts = np.array([len(u) for u in uniques], dtype=np.int64)
-    table = np.zeros((len(examples), max(1, int(counts.max(initial=0)))), dtype=np.int64)
+    table = np.zeros((len(sizes), max(1, int(counts.max(initial=0)))), dtype=np.int64)
     for i, ids in enumerate(uniques):
         table[i, :len(ids)] = ids
         table[i, len(ids):] = ids[0] if len(ids) else 0
-    return np.concatenate(local).astype(np.int64), table, counts
+    local_ids = np.concatenate(local) if local else np.zeros((0, items.shape[1]))
+    return local_ids.astype(np.int64), table, counts
 
 
-def _schedules(sizes: list[int], seeds: list[int], epochs: int,
+def _order_seeds(block: _Block, seed: int, round_id: int, phase: int,
+                 batch_size: int) -> list[int | None]:
+    """The loop's mini-batch order seed of each client that has more than one mini-batch."""
+    return [_batch_seed(seed, round_id, c.user, phase) if size > batch_size else None
+            for c, size in zip(block.clients, block.sizes, strict=True)]
+
+
+def _schedules(sizes: list[int], seeds: list[int | None], epochs: int,
                batch_size: int) -> list[list[torch.Tensor | None]]:
     """Each client's mini-batches in the loop's order: a fresh permutation per epoch.
 
@@ -353,7 +427,8 @@ def _chunks(lengths: list[int]) -> list[tuple[int, int]]:
 
 def _phase(model: Recommender, *, trained: dict[str, torch.Tensor],
            fixed: Mapping[str, torch.Tensor], inputs: _Inputs, epochs: int, lr: float,
-           batch_size: int, seeds: list[int]) -> tuple[dict[str, torch.Tensor], list[float]]:
+           batch_size: int, seeds: list[int | None]
+           ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Adam on ``trained`` (stacked per client) over each client's own mini-batches.
 
     Clients are sorted by size (largest first), so the ones still training at step ``s``

@@ -264,3 +264,25 @@ def test_the_defense_projection_applies_in_the_batched_engine(one_torch_thread):
     _assert_same(loop, batched)
     for result in batched.values():
         np.testing.assert_allclose(basis.T @ result.update.delta, 0.0, atol=1e-12)
+
+
+def test_block_examples_are_the_loops_examples_exactly():
+    """Negatives (each client's own stream), histories and labels, client by client."""
+    from ffm_private.data import DataError
+    from ffm_private.engine.batched import _block_examples, _per_client_examples
+
+    model = build_model(config_mod.ModelConfig(kind="ffm-pool", dim=8, history_length=4), 30, 1)
+    rng = np.random.default_rng(5)
+    clients = [ClientData(u, rng.choice(30, size=s, replace=False),
+                          rng.choice(30, size=4, replace=False) if u % 2 else None)
+               for u, s in enumerate([12, 0, 1, 5, 25, 3])]
+    cfg = LocalTrainingConfig(num_negatives=3)
+    block, sizes = _block_examples(model, 4, clients, cfg, 9)
+    loop = _per_client_examples(model, 4, clients, cfg, 9)
+    assert sizes == [len(e) for e in loop]
+    for name in ("history", "items", "labels"):
+        expected = np.concatenate([getattr(e, name) for e in loop])
+        np.testing.assert_array_equal(getattr(block, name), expected, err_msg=name)
+    full = [ClientData(0, np.arange(26), np.arange(26, 30))]  # no item left to draw from
+    with pytest.raises(DataError):
+        _block_examples(model, 4, full, cfg, 9)
