@@ -88,7 +88,9 @@ class Recommender(nn.Module):
         ``rows`` holds :meth:`frozen_rows` for the selected rows (``(A, R, ...)``),
         ``items`` the candidates ``(A, R, K)``, ``params`` every shared and personal
         parameter stacked per client (``(A, *p.shape)``); frozen ones are the module's own.
-        Equal, client by client, to ``forward`` with that client's parameters loaded.
+        Equal, client by client, to ``forward`` with that client's parameters loaded. The
+        parameters the current phase trains require gradients and the others do not, so an
+        override may compute what depends on the fixed ones alone without gradients.
         """
         from torch.func import functional_call, vmap
 
