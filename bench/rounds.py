@@ -9,12 +9,16 @@ eligibility charges of every user in the durable ledger, clipping and noise.
 clipping norm 0.1; loop engine only); ``--batch-size`` sets the local batch of every run.
 ``--engines loop batched`` measures both client engines side by side (ratio loop / batched
 per row). Each measurement runs in its own process, so its peak RSS is its own.
+``--large 10000 50000`` adds, after the 943-user rows, one batched-engine round per user
+count with every user a client (synthetic users in the ml100k shape, no DP, no evaluation),
+with its peak RSS: the loop would take minutes per such round.
 ``--busy N`` keeps N CPU-bound busy loops (separate processes) running during the
 measurement, to see how a round behaves when other jobs load the cores; ``--threads``
 sets ``federated.client_threads`` (0: torch's default).
 
     python bench/rounds.py --clients 100 943 --privacy none user example --repeats 3
     python bench/rounds.py --clients 943 --engines loop batched --busy 2
+    python bench/rounds.py --clients 943 --engines loop batched --large 10000 50000
 """
 
 from __future__ import annotations
@@ -89,7 +93,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "federated.client_fraction": n / users, "model.kind": spec["model"],
         "federated.rounds": 100, "pretrain.epochs": 2, "privacy": PRIVACY[privacy],
         "federated.batch_size": spec["batch_size"], "federated.engine": spec["engine"],
-        "federated.client_threads": spec["threads"]})
+        "federated.client_threads": spec["threads"],
+        # a run records the observation log in its first two and last rounds: a typical
+        # round does not (and run_round leaves it to the loop's ObservationLog callback)
+        "observation.rounds": [-1]})
     sim = Simulation(cfg, progress=False).start()
     state = sim.initial_state()
     times = []
@@ -138,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=Config().federated.client_threads,
                         help="federated.client_threads (0: torch's default)")
     parser.add_argument("--no-eval", action="store_true", help="skip the full evaluation")
+    parser.add_argument("--large", type=int, nargs="*", default=[],
+                        help="also one batched round with this many users, all sampled")
     parser.add_argument("--data-dir", help="keep the generated data here (reused when complete)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,6 +171,14 @@ def main() -> None:
                             "run_dir": f"{tmp}/run-{n}-{privacy}-{engine}"}
                     row[engine] = _child(spec)
                 rows.append(row)
+            for users in args.large:
+                spec = {"clients": users, "users": users, "privacy": "none",
+                        "engine": "batched", "model": args.model, "repeats": args.repeats,
+                        "batch_size": args.batch_size, "threads": args.threads,
+                        "evaluate": False, "data": str(data_dir(Path(args.data_dir or tmp),
+                                                                 users)),
+                        "run_dir": f"{tmp}/run-large-{users}"}
+                rows.append({"batched": _child(spec)})
         finally:
             stop_busy(busy)
     print(f"torch {torch.__version__}, client threads {args.threads or 'default'}, "
@@ -175,7 +192,9 @@ def main() -> None:
     print("|---" * (2 + 2 * len(engines) + ratio + 2) + "|")
     for row in rows:
         first = next(iter(row.values()))
-        cells = [str(first["clients"]), first["privacy"]]
+        cells = [f"{first['clients']}" + ("" if first["users"] == args.users
+                                          else f" ({first['users']} users)"),
+                 first["privacy"]]
         for e in engines:
             r = row.get(e)
             cells += [f"{r['round_s']:.2f}", f"{r['peak_rss_mb']:.0f}"] if r else ["-", "-"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ffm_private.models.partition import PERSONAL, check_partition, params_of
+from ffm_private.models.partition import FROZEN, PERSONAL, check_partition, params_of
 
 if TYPE_CHECKING:
     from ffm_private.config import ModelConfig
@@ -36,6 +36,10 @@ class Recommender(nn.Module):
     #: Shared parameters with one row per item (then the padding row): a client's update
     #: changes the rows of the items it trained on.
     item_rows: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`stacked_scores` reads the :attr:`item_rows` parameters only at the
+    #: candidate items (never through the history), so that the batched engine may train
+    #: each client's copy of them restricted to the rows of its own candidates.
+    stacked_item_rows: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_items: int, num_personal: int = 1) -> Recommender:
@@ -57,6 +61,50 @@ class Recommender(nn.Module):
     @abstractmethod
     def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Scores of shape ``items.shape`` for rows ``(history[n], owner[n])``."""
+
+    # -- many clients at once (the batched engine, :mod:`ffm_private.engine.batched`) --------
+    # A block of ``A`` clients is scored with each client's own shared and personal
+    # parameters, stacked on a leading client axis: ``params[name]`` has the shape
+    # ``(A, *p.shape)`` of the workspace parameter ``p`` (``num_personal = 1``), so a personal
+    # tensor is ``(A, 1, ...)``. A model may override both methods with a hand-batched
+    # formulation; the defaults map :meth:`forward` over the clients with ``torch.func``,
+    # so any model whose forward is a pure function of its parameters can be batched.
+
+    def frozen_rows(self, history: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-row inputs computed once per round from the frozen backbone.
+
+        ``history`` is ``(..., L)``, ``items`` the rows' candidates ``(..., K)``; each
+        returned tensor has the same leading dimensions. The backbone is frozen during local
+        training, so what it computes from a row's history and candidates does not change
+        from step to step or from phase to phase. The default keeps the history itself
+        (the forward encodes it).
+        """
+        return {"history": history}
+
+    def stacked_scores(self, rows: Mapping[str, torch.Tensor], items: torch.Tensor,
+                       params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scores ``(A, R, K)`` of ``A`` clients' rows, each client with its own parameters.
+
+        ``rows`` holds :meth:`frozen_rows` for the selected rows (``(A, R, ...)``),
+        ``items`` the candidates ``(A, R, K)``, ``params`` every shared and personal
+        parameter stacked per client (``(A, *p.shape)``); frozen ones are the module's own.
+        Equal, client by client, to ``forward`` with that client's parameters loaded. The
+        parameters the current phase trains require gradients and the others do not, so an
+        override may compute what depends on the fixed ones alone without gradients.
+        """
+        from torch.func import functional_call, vmap
+
+        frozen = {k: v.detach() for k, v in self.named_parameters() if k.startswith(FROZEN)}
+        frozen.update({k: v.detach() for k, v in self.named_buffers()})
+        owner = torch.zeros(items.shape[1], dtype=torch.long)
+        names = list(params)
+
+        def one(values: tuple[torch.Tensor, ...], history: torch.Tensor,
+                candidates: torch.Tensor) -> torch.Tensor:
+            return functional_call(self, {**frozen, **dict(zip(names, values, strict=True))},
+                                   (history, candidates, owner))
+
+        return vmap(one)(tuple(params[k] for k in names), rows["history"], items)
 
     def finalize(self) -> Recommender:
         """Check the partition once the subclass has built its submodules."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ffm_private.models.base import Recommender
 from ffm_private.registry import register_model
@@ -39,6 +40,7 @@ class FedMFRecommender(Recommender):
 
     item_embedding = "shared.item_emb.weight"
     item_rows = ("shared.item_emb.weight", "shared.item_bias.weight")
+    stacked_item_rows = True
 
     @classmethod
     def from_config(cls, cfg, n_items: int, num_personal: int = 1) -> FedMFRecommender:
@@ -59,3 +61,18 @@ class FedMFRecommender(Recommender):
         e = self.shared.item_emb(items)
         bias = self.shared.item_bias(items).squeeze(-1)
         return torch.einsum("nbd,nd->nb", e, self.personal.user_emb[owner]) + bias
+
+    def frozen_rows(self, history: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}  # no backbone: the score reads no history
+
+    def stacked_scores(self, rows, items, params):
+        """``forward`` for ``A`` clients at once, each with its own (stacked) item tables."""
+        n_clients, n_rows, n_cand = items.shape
+        table, bias = params["shared.item_emb.weight"], params["shared.item_bias.weight"]
+        # client a's item i is row a * T + i of the clients' tables laid end to end
+        flat = (items.reshape(n_clients, -1)
+                + table.shape[1] * torch.arange(n_clients)[:, None]).reshape(-1)
+        e = F.embedding(flat, table.reshape(-1, table.shape[-1]))          # (A RK, d)
+        user = params["personal.user_emb"][:, 0, :, None]                  # (A, d, 1)
+        score = torch.bmm(e.view(n_clients, n_rows * n_cand, -1), user).view(items.shape)
+        return score + F.embedding(flat, bias.reshape(-1, 1)).view(items.shape)

@@ -16,6 +16,8 @@ e^p = personal view, q_u = h_u + A_g(h_u) + p_u and h_u the encoded history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -42,6 +44,19 @@ class _Backbone(nn.Module):
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
         pooled = torch.einsum("nl,nld->nd", weights, self.item_emb[history])
         return pooled @ self.hist_proj
+
+    def encode_history_bags(self, history: torch.Tensor, pad: int) -> torch.Tensor:
+        """:meth:`encode_history` for histories of any leading shape ``(..., L)``.
+
+        The same weights and map, pooled with ``F.embedding_bag`` (a weighted sum per row)
+        instead of gathering an ``(N, L, d)`` tensor first; equal to float tolerance.
+        """
+        flat = history.reshape(-1, history.shape[-1])
+        mask = (flat != pad).to(self.item_emb.dtype)
+        weights = torch.exp(self.recency - self.recency.max())[None, :] * mask
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        pooled = F.embedding_bag(flat, self.item_emb, per_sample_weights=weights, mode="sum")
+        return (pooled @ self.hist_proj).reshape(*history.shape[:-1], -1)
 
 
 class BottleneckAdapter(nn.Module):
@@ -111,9 +126,29 @@ class FFMRecommender(Recommender):
         return {"personal.item_down": down}
 
     def forward(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        e = self.backbone.item_emb[items]                        # (N, B, d)
+        return self._scores(history, items, owner, e, self.shared.item(e))
+
+    def eval_scorer(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``forward`` with the global item view computed once for every item.
+
+        The global adapter acts on each item's frozen embedding alone, so scoring every
+        user against every item needs it once per item, not once per (user, item): the
+        returned function gathers it from a table and does the rest as ``forward`` does.
+        """
+        table = self.shared.item(self.backbone.item_emb)
+
+        def score(history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor
+                  ) -> torch.Tensor:
+            return self._scores(history, items, owner, F.embedding(items, self.backbone.item_emb),
+                                F.embedding(items, table))
+
+        return score
+
+    def _scores(self, history: torch.Tensor, items: torch.Tensor, owner: torch.Tensor,
+                e: torch.Tensor, e_global: torch.Tensor) -> torch.Tensor:
+        """The score from the candidates' frozen embeddings ``e`` and global views."""
         bb, g = self.backbone, self.shared
-        e = bb.item_emb[items]                                   # (N, B, d)
-        e_global = g.item(e)
         h = bb.encode_history(history, self.pad)                 # (N, d)
         q = g.user(h)
         if self.personal.enabled:
@@ -128,3 +163,94 @@ class FFMRecommender(Recommender):
         else:
             e_mix = e_global
         return torch.einsum("nbd,nd->nb", e_mix, q) + bb.item_bias[items]
+
+    # -- the batched engine's formulation (same scores as forward, client by client) ---------
+    def frozen_rows(self, history: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each row's encoded history ``h`` (the candidates are looked up at each step)."""
+        with torch.no_grad():
+            return {"h": self.backbone.encode_history_bags(history, self.pad)}
+
+    def stacked_scores(self, rows, items, params):
+        """``forward`` for ``A`` clients at once, each with its own stacked parameters.
+
+        The same score, regrouped so that no ``(A, R, K, d)`` tensor is built but the frozen
+        candidate embeddings ``e``: with ``e_g = e + up(relu(down(e)))``,
+        ``<q, e_g> = <q, e> + <relu(down(e)), up^T q>`` (likewise for the personal item
+        adapter), so the up projections act on the ``R`` user vectors rather than on the
+        ``R K`` item vectors.
+        """
+        n_clients, n_rows, n_cand = items.shape
+        bb, h = self.backbone, rows["h"]                                   # h: (A, R, d)
+        e = F.embedding(items, bb.item_emb.detach())                       # (A, R, K, d)
+        flat = e.view(n_clients, n_rows * n_cand, -1)                      # (A, RK, d)
+        bias = bb.item_bias.detach().index_select(0, items.reshape(-1)).view(items.shape)
+        down_u, up_u = params["shared.user.down.weight"], params["shared.user.up.weight"]
+        down_i, up_i = params["shared.item.down.weight"], params["shared.item.up.weight"]
+        if self.personal.enabled and not any(
+                v.requires_grad for k, v in params.items() if k.startswith("shared.")):
+            return self._personal_phase_scores(h, e, flat, bias, params)
+        q = h + _linear(F.relu(_linear(h, down_u)), up_u)
+        if self.personal.enabled:
+            q = q + params["personal.user_emb"]                            # (A, 1, d)
+        score = torch.einsum("arkd,ard->ark", e, q)                        # <q, e>
+        hidden = F.relu(_linear(flat, down_i)).view(n_clients, n_rows, n_cand, -1)
+        adapt = (hidden @ _matmul(q, up_i).unsqueeze(-1)).squeeze(-1)     # <q, e_g - e>
+        if self.personal.enabled:
+            a = torch.sigmoid(params["personal.gate"])[:, :, None]          # (A, 1, 1)
+            score = score + (1 - a) * adapt
+            if self.personal_rank > 0:
+                score = score + a * self._personal_adapter(flat, q, params, e.shape)
+        else:
+            score = score + adapt
+        return score + bias
+
+    def _personal_adapter(self, flat: torch.Tensor, q: torch.Tensor, params, shape
+                          ) -> torch.Tensor:
+        """``<q, e_p - e> = <relu(e down_p), up_p q>`` per candidate."""
+        down_p = params["personal.item_down"][:, 0]                        # (A, d, r)
+        up_p = params["personal.item_up"][:, 0]                            # (A, r, d)
+        hidden_p = F.relu(torch.bmm(flat, down_p)).view(*shape[:3], -1)
+        return (hidden_p @ torch.bmm(q, up_p.transpose(1, 2)).unsqueeze(-1)).squeeze(-1)
+
+    def _personal_phase_scores(self, h, e, flat, bias, params) -> torch.Tensor:
+        """The scores while only personal parameters train (the shared ones are fixed).
+
+        What depends on the fixed shared adapters alone is computed without gradients
+        (``q0 = h + up_u relu(down_u h)``, ``relu(down_i e)``, and their products with
+        ``e``); the user embedding ``p`` then enters through one matrix-vector product per
+        client: ``<q0 + p, e_g> = <q0, e_g> + <e, p> + <relu(down_i e), up_i^T p>``.
+        """
+        n_clients, n_rows, n_cand, _ = e.shape
+        up_i = params["shared.item.up.weight"]
+        with torch.no_grad():
+            q0 = h + _linear(F.relu(_linear(h, params["shared.user.down.weight"])),
+                             params["shared.user.up.weight"])
+            hidden = F.relu(_linear(flat, params["shared.item.down.weight"]))   # (A, RK, r)
+            fixed_e = torch.einsum("arkd,ard->ark", e, q0)                     # <q0, e>
+            fixed_g = (hidden.view(n_clients, n_rows, n_cand, -1)
+                       @ _matmul(q0, up_i).unsqueeze(-1)).squeeze(-1)          # <q0, e_g - e>
+        user = params["personal.user_emb"]                                     # (A, 1, d)
+        shape = (n_clients, n_rows, n_cand)
+        user_e = torch.bmm(flat, user.transpose(1, 2)).view(shape)             # <p, e>
+        user_g = torch.bmm(hidden, _matmul(user, up_i).transpose(1, 2)).view(shape)
+        a = torch.sigmoid(params["personal.gate"])[:, :, None]                  # (A, 1, 1)
+        score = fixed_e + user_e + (1 - a) * (fixed_g + user_g)
+        if self.personal_rank > 0:
+            score = score + a * self._personal_adapter(flat, q0 + user, params, e.shape)
+        return score + bias
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` per client: ``x`` is ``(A, N, i)``, ``w`` the clients' ``(A, i, o)``.
+
+    A weight broadcast to every client (a stride-0 client axis: the received shared state
+    during the personal phase) is applied as one matrix product over all the rows.
+    """
+    if w.stride(0) == 0 or w.shape[0] == 1:
+        return x @ w[0]
+    return torch.bmm(x, w)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear`` without bias per client: ``x @ w^T`` with ``w`` the ``(A, o, i)`` weights."""
+    return _matmul(x, w.transpose(1, 2))

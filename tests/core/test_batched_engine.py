@@ -16,7 +16,7 @@ from ffm_private.engine import batched_refusal
 from ffm_private.engine.batched import block_size, train_batched
 from ffm_private.engine.threads import client_threads
 from ffm_private.messages import GlobalModelMessage
-from ffm_private.models import FROZEN, SHARED, build_model, load_group, params_of
+from ffm_private.models import FROZEN, SHARED, SharedSpec, build_model, load_group, params_of
 from ffm_private.models.partition import state_of
 from ffm_private.simulation import Simulation, run_training
 
@@ -206,10 +206,84 @@ def test_backbone_is_not_trained(one_torch_thread):
         assert torch.equal(v, frozen[k])
 
 
-def test_blocks_keep_padding_under_half_and_fit_the_budget():
+def test_blocks_fit_the_budget():
     from ffm_private.engine.batched import _blocks
 
-    sizes = [300, 256, 200, 120, 100, 60, 59, 3, 2, 1]
-    blocks = _blocks(sizes, lambda rows: 3, 256)
-    assert [[sizes[i] for i in b] for b in blocks] == [
-        [300, 256, 200], [120, 100, 60], [59], [3, 2], [1]]
+    assert _blocks([5, 4, 3, 3, 9, 1], 8) == [[0], [1, 2], [3], [4], [5]]
+    assert _blocks([], 8) == []
+
+
+def test_a_step_runs_in_chunks_with_bounded_padding():
+    from ffm_private.engine.batched import _FILL, _MAX_ROWS, _MIN_ROWS, _chunks
+
+    lengths = [256] * 20 + list(range(255, 0, -1))
+    chunks = _chunks(lengths)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+    for lo, hi in chunks:
+        real = sum(lengths[lo:hi])
+        assert real <= max(_MAX_ROWS, lengths[lo])
+        # a padded run is mostly real rows, unless it is too small to be worth its own step
+        assert real >= _FILL * (hi - lo) * max(lengths[lo:hi]) or real < 2 * _MIN_ROWS
+    assert _chunks([]) == [] and _chunks([3]) == [(0, 1)]
+
+
+def test_the_generic_vmap_formulation_equals_the_loop(one_torch_thread, monkeypatch):
+    """A model with only ``forward``: the base class maps it over the clients (torch.func)."""
+    from ffm_private.models import FFMRecommender, Recommender
+
+    monkeypatch.setattr(FFMRecommender, "frozen_rows", Recommender.frozen_rows)
+    monkeypatch.setattr(FFMRecommender, "stacked_scores", Recommender.stacked_scores)
+    model, message, clients, store = _setup("ffm-pool", personal_rank=2)
+    cfg = LocalTrainingConfig(personal_epochs=2, local_epochs=1, batch_size=16, num_negatives=2)
+    _assert_same(_loop(model, message, clients, store, cfg),
+                 train_batched(model, message, store.__getitem__, clients, cfg, 11))
+
+
+def test_fedmf_rows_a_client_never_touched_are_exactly_unchanged(one_torch_thread):
+    """Each client's item table is trained on its own items only: the rest is exactly 0."""
+    model, message, clients, store = _setup("fedmf")
+    cfg = LocalTrainingConfig(personal_epochs=1, local_epochs=2, batch_size=8, num_negatives=3)
+    loop = _loop(model, message, clients, store, cfg)
+    batched = train_batched(model, message, store.__getitem__, clients, cfg, 11)
+    _assert_same(loop, batched)
+    n_rows, dim = model.n_items + 1, model.dim
+    for cid in loop:
+        rows = np.abs(batched[cid].update.delta[:n_rows * dim].reshape(n_rows, dim)).max(1)
+        untouched = np.abs(loop[cid].update.delta[:n_rows * dim].reshape(n_rows, dim)).max(1) == 0
+        assert untouched.any() and (rows[untouched] == 0).all()
+
+
+def test_the_defense_projection_applies_in_the_batched_engine(one_torch_thread):
+    model, message, clients, store = _setup("ffm-pool")
+    size = SharedSpec.of(model).size
+    basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((size, 3)))
+    message = dataclasses.replace(message, defense_basis=basis)
+    cfg = LocalTrainingConfig(batch_size=8, num_negatives=3)
+    loop, batched = (_loop(model, message, clients, store, cfg),
+                     train_batched(model, message, store.__getitem__, clients, cfg, 11))
+    _assert_same(loop, batched)
+    for result in batched.values():
+        np.testing.assert_allclose(basis.T @ result.update.delta, 0.0, atol=1e-12)
+
+
+def test_block_examples_are_the_loops_examples_exactly():
+    """Negatives (each client's own stream), histories and labels, client by client."""
+    from ffm_private.data import DataError
+    from ffm_private.engine.batched import _block_examples, _per_client_examples
+
+    model = build_model(config_mod.ModelConfig(kind="ffm-pool", dim=8, history_length=4), 30, 1)
+    rng = np.random.default_rng(5)
+    clients = [ClientData(u, rng.choice(30, size=s, replace=False),
+                          rng.choice(30, size=4, replace=False) if u % 2 else None)
+               for u, s in enumerate([12, 0, 1, 5, 25, 3])]
+    cfg = LocalTrainingConfig(num_negatives=3)
+    block, sizes = _block_examples(model, 4, clients, cfg, 9)
+    loop = _per_client_examples(model, 4, clients, cfg, 9)
+    assert sizes == [len(e) for e in loop]
+    for name in ("history", "items", "labels"):
+        expected = np.concatenate([getattr(e, name) for e in loop])
+        np.testing.assert_array_equal(getattr(block, name), expected, err_msg=name)
+    full = [ClientData(0, np.arange(26), np.arange(26, 30))]  # no item left to draw from
+    with pytest.raises(DataError):
+        _block_examples(model, 4, full, cfg, 9)
