@@ -323,6 +323,8 @@ class Config:
 QUICKSTART: dict[str, Any] = {
     "run_dir": "runs/quickstart",
     "federated.rounds": 10,
+    # the faster engine for this model (equal to the loop: tests/core/test_batched_engine.py)
+    "federated.engine": "batched",
     "protocol.name": "secagg",
     "observation.audit": True,
     "privacy": {
