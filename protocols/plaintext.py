@@ -165,7 +165,8 @@ class PlaintextProtocol(AggregationProtocol):
             contributors=contributors,
             dropped=tuple(dropped),
             rejected=rejected,
-            individual={cid: received[cid].copy() for cid in contributors},
+            # read-only views of the uploads (float path) or fresh arrays: no copy needed
+            individual={cid: received[cid] for cid in contributors},
             bytes_up=channel.bytes_up,
             bytes_down=channel.bytes_down,
         )
