@@ -72,6 +72,7 @@ def measure(cfg: config_mod.Config, bootstrap: int) -> dict[str, Any]:
         "basis_source": first.get("basis_source"), "basis_rank": first.get("basis_rank"),
         "energy_in_subspace": first.get("energy_in_subspace", {}),
         "shared_parameters": summary["shared_parameters"],
+        "refresh_every": cfg.defense.refresh_every, "ridge": cfg.defense.ridge,
         "seconds_train": trained - start, "seconds_audit": audited - trained,
         "privacy": summary["privacy"],
     }
@@ -161,6 +162,8 @@ def table(results: dict[str, Any]) -> str:
     for p in points:
         name = ", ".join(t for t in (
             f"subspace r{p['rank']} {p.get('estimator') or 'linear'}" if p["rank"] else "",
+            f"refresh every {p['refresh_every']}" if p["rank"] and p.get("refresh_every")
+            not in (None, 5) else "",
             f"DP eps {p['epsilon']:g}" if p["epsilon"] else "") if t) or "none"
         kept = sorted(set((p.get("basis_rank") or {}).values()))
         e = p["energy_in_subspace"]
