@@ -158,7 +158,8 @@ class FederatedConfig:
     server_lr: float = _f(1.0, "Server step on the mean shared update (1.0 is FedAvg).")
     eval_every: int = _f(1, "Evaluate every N rounds (and always after the last).")
     seed: int = _f(0, "Seed for every random choice of the run.")
-    client_threads: int = _f(1, "Torch intra-op threads while clients train (restored "
+    client_threads: int = _f(1, "Torch intra-op threads while clients train and while a run "
+                             "evaluates (restored "
                              "afterwards); 0 keeps torch's setting. One thread is fastest for "
                              "tiny per-client tensors, and stays fast when other jobs load "
                              "the cores (bench/README.md).")

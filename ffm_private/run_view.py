@@ -174,7 +174,8 @@ class RunView:
         load_group(model, SHARED, state.shared)
         load_group(model, PERSONAL, state.personal.arrays)
         return evaluate_model(model, self.split, k=self.cfg.evaluation.k,
-                              full_ranking=self.cfg.evaluation.full_ranking)
+                              full_ranking=self.cfg.evaluation.full_ranking,
+                              threads=self.cfg.federated.client_threads)
 
 
 def _shared_lock(run_dir: Path) -> int | None:

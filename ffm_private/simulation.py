@@ -565,7 +565,8 @@ class Simulation:
         load_group(model, SHARED, state.shared)
         load_group(model, PERSONAL, state.personal.arrays)
         return evaluate_model(model, self.split, k=self.cfg.evaluation.k,
-                              full_ranking=self.cfg.evaluation.full_ranking)
+                              full_ranking=self.cfg.evaluation.full_ranking,
+                              threads=self.cfg.federated.client_threads)
 
     def initial_state(self) -> RunState:
         self._require_started()

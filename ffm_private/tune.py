@@ -527,7 +527,8 @@ def _validation_only_class() -> type:
             load_group(model, PERSONAL, state.personal.arrays)
             metrics = evaluate_model(model, self.split, k=self.cfg.evaluation.k,
                                      full_ranking=self.cfg.evaluation.full_ranking,
-                                     targets=("valid",))
+                                     targets=("valid",),
+                                     threads=self.cfg.federated.client_threads)
             self._on_validation(state.round_id, metrics)
             return metrics
 
