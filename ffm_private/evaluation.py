@@ -9,6 +9,8 @@ ranks last, so a broken model earns nothing either.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -116,6 +118,20 @@ def _evaluate(model: Recommender, split: LeaveOneOutSplit, *, k: int, full_ranki
             hr, ndcg = hr_ndcg(np.concatenate(full), k)
             out[f"{target}_full_hr@{k}"], out[f"{target}_full_ndcg@{k}"] = hr, ndcg
     return out
+
+
+def evaluate_state(model: Recommender, split: LeaveOneOutSplit, cfg: Any, state: Any, *,
+                   targets: tuple[str, ...] = ("valid", "test")) -> dict[str, float]:
+    """:func:`evaluate_model` of a run state (its shared and every user's personal arrays)
+    under a run config's ``evaluation`` settings and ``federated.client_threads``."""
+    from ffm_private.models import PERSONAL, SHARED
+    from ffm_private.models.partition import load_group
+
+    load_group(model, SHARED, state.shared)
+    load_group(model, PERSONAL, state.personal.arrays)
+    return evaluate_model(model, split, k=cfg.evaluation.k,
+                          full_ranking=cfg.evaluation.full_ranking, targets=targets,
+                          threads=cfg.federated.client_threads)
 
 
 def evaluate_popularity(split: LeaveOneOutSplit, *, k: int = 10,

@@ -29,7 +29,7 @@ from ffm_private.client import LocalTrainingConfig
 from ffm_private.config import Config
 from ffm_private.data import LeaveOneOutSplit
 from ffm_private.errors import CheckpointError, RunDirectoryError, RunLockedError
-from ffm_private.models import FROZEN, PERSONAL, SHARED, Recommender, build_model, params_of
+from ffm_private.models import FROZEN, PERSONAL, Recommender, build_model, params_of
 from ffm_private.models.partition import load_group
 from ffm_private.observation import ObservationLog
 from ffm_private.pretrain import public_users
@@ -168,14 +168,9 @@ class RunView:
 
     def evaluate(self, state: Any) -> dict[str, float]:
         """Ranking metrics of a checkpoint's global and personal state (as the run evaluates)."""
-        from ffm_private.evaluation import evaluate_model
+        from ffm_private.evaluation import evaluate_state
 
-        model = self.model(self.split.n_users)
-        load_group(model, SHARED, state.shared)
-        load_group(model, PERSONAL, state.personal.arrays)
-        return evaluate_model(model, self.split, k=self.cfg.evaluation.k,
-                              full_ranking=self.cfg.evaluation.full_ranking,
-                              threads=self.cfg.federated.client_threads)
+        return evaluate_state(self.model(self.split.n_users), self.split, self.cfg, state)
 
 
 def _shared_lock(run_dir: Path) -> int | None:

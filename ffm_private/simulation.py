@@ -50,10 +50,9 @@ from ffm_private.errors import (
     NoRoundAppliedError,
     RunDirectoryError,
 )
-from ffm_private.evaluation import evaluate_model, evaluate_popularity
+from ffm_private.evaluation import evaluate_popularity, evaluate_state
 from ffm_private.models import (
     FROZEN,
-    PERSONAL,
     SHARED,
     Recommender,
     SharedSpec,
@@ -561,12 +560,7 @@ class Simulation:
 
     # -- the loop -----------------------------------------------------------------------------
     def evaluate(self, state: RunState) -> dict[str, float]:
-        model = self._model(self.split.n_users)
-        load_group(model, SHARED, state.shared)
-        load_group(model, PERSONAL, state.personal.arrays)
-        return evaluate_model(model, self.split, k=self.cfg.evaluation.k,
-                              full_ranking=self.cfg.evaluation.full_ranking,
-                              threads=self.cfg.federated.client_threads)
+        return evaluate_state(self._model(self.split.n_users), self.split, self.cfg, state)
 
     def initial_state(self) -> RunState:
         self._require_started()

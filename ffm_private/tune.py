@@ -508,9 +508,7 @@ def _cell(value: Any) -> str:
 
 
 def _validation_only_class() -> type:
-    from ffm_private.evaluation import evaluate_model
-    from ffm_private.models import PERSONAL, SHARED
-    from ffm_private.models.partition import load_group
+    from ffm_private.evaluation import evaluate_state
     from ffm_private.simulation import Simulation
 
     class _ValidationOnly(Simulation):
@@ -522,13 +520,8 @@ def _validation_only_class() -> type:
             super().__init__(cfg, **kwargs)
 
         def evaluate(self, state: Any) -> dict[str, float]:
-            model = self._model(self.split.n_users)
-            load_group(model, SHARED, state.shared)
-            load_group(model, PERSONAL, state.personal.arrays)
-            metrics = evaluate_model(model, self.split, k=self.cfg.evaluation.k,
-                                     full_ranking=self.cfg.evaluation.full_ranking,
-                                     targets=("valid",),
-                                     threads=self.cfg.federated.client_threads)
+            metrics = evaluate_state(self._model(self.split.n_users), self.split, self.cfg,
+                                     state, targets=("valid",))
             self._on_validation(state.round_id, metrics)
             return metrics
 
